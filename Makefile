@@ -1,0 +1,85 @@
+# The README's commands. Every target installs what it needs first.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY_VERSION := 3.11
+UV_VERSION := 0.13.8
+TOOLS := .local/tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+VENV := .venv
+AIRBYTE_VENV := .venv-airbyte
+PYTHON := $(VENV)/bin/python
+DBT_DIR := include/dbt
+DBT_MANIFEST := $(DBT_DIR)/target/manifest.json
+DBT_SOURCES := $(shell find $(DBT_DIR) -path $(DBT_DIR)/target -prune -o -path $(DBT_DIR)/logs -prune -o -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.yaml' -o -name '*.csv' \) -print 2>/dev/null)
+export DO_NOT_TRACK := 1
+export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
+export SCARF_ANALYTICS := false
+
+.PHONY: help install up down status demo test test-fast lint format lock lock-check dbt-manifest clean browser
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
+
+$(TOOLS)/bin/uv:
+	@echo "bootstrapping uv $(UV_VERSION) into $(TOOLS)"
+	@python3 -m pip install --quiet --disable-pip-version-check --target $(TOOLS) uv==$(UV_VERSION)
+
+$(VENV)/.installed: requirements.lock | $(UV)
+	@test -x $(PYTHON) || $(UV) venv --quiet --python $(PY_VERSION) $(VENV)
+	$(UV) pip install --quiet --python $(PYTHON) -r requirements.lock
+	@touch $@
+
+$(AIRBYTE_VENV)/.installed: dev/requirements-airbyte.lock | $(UV)
+	@test -x $(AIRBYTE_VENV)/bin/python || $(UV) venv --quiet --python $(PY_VERSION) $(AIRBYTE_VENV)
+	$(UV) pip install --quiet --python $(AIRBYTE_VENV)/bin/python -r dev/requirements-airbyte.lock
+	@touch $@
+
+$(DBT_MANIFEST): $(VENV)/.installed $(DBT_SOURCES)
+	PYTHONPATH=plugins $(PYTHON) -m elt.dbt
+
+dbt-manifest: $(DBT_MANIFEST) ## compile include/dbt/target/manifest.json (what Cosmos renders)
+
+install: $(VENV)/.installed $(AIRBYTE_VENV)/.installed $(DBT_MANIFEST) ## create .venv and .venv-airbyte from the locks
+
+up: install ## start the local stack in the background and print its URLs and login
+	@$(PYTHON) -m dev.stack up
+
+down: ## stop everything `make up` started
+	@test -x $(PYTHON) && $(PYTHON) -m dev.stack down || echo "nothing to stop (no .venv)"
+
+status: ## show which services of the stack are running
+	@$(PYTHON) -m dev.stack status
+
+demo: install ## start the stack, run every pipeline once through the scheduler, print a summary, stop
+	@$(PYTHON) -m dev.demo
+
+test: install lock-check ## the whole test suite (what CI runs)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest
+
+lint: install ## ruff check and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install ## apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+lock: | $(UV) ## re-resolve requirements.lock and dev/requirements-airbyte.lock from their inputs
+	$(UV) pip compile --quiet --no-header --python-version $(PY_VERSION) requirements-dev.txt -o requirements.lock
+	$(UV) pip compile --quiet --no-header --python-version $(PY_VERSION) dev/requirements-airbyte.txt -o dev/requirements-airbyte.lock
+
+lock-check: | $(UV) ## fail if a lock is out of date with its inputs
+	@tmp=$$(mktemp -d); \
+	$(UV) pip compile --quiet --no-header --python-version $(PY_VERSION) requirements-dev.txt -o $$tmp/main.lock && \
+	$(UV) pip compile --quiet --no-header --python-version $(PY_VERSION) dev/requirements-airbyte.txt -o $$tmp/airbyte.lock && \
+	diff -u requirements.lock $$tmp/main.lock && diff -u dev/requirements-airbyte.lock $$tmp/airbyte.lock \
+	  || { echo "a lock is out of date with its inputs: run 'make lock' and commit the result"; exit 1; }
+
+browser: ## install Debian's chromium for the browser test (needs root or sudo)
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+clean: down ## stop the stack and delete local state, generated files and caches (keeps the virtualenvs)
+	rm -rf .local $(DBT_DIR)/target $(DBT_DIR)/logs .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -not -path './.venv*' -prune -exec rm -rf {} +

@@ -1,0 +1,208 @@
+"""python -m dev.stack up|down|status|env"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dev.stack import postgres, procs
+from dev.stack.config import (
+    AIRBYTE_VENV,
+    AIRFLOW_HOME,
+    REPO,
+    STACK_ENV,
+    VENV,
+    Ports,
+    load_secrets,
+    postgres_settings,
+    stack_env,
+    write_stack_env,
+)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    cmd: list[str]
+    health_url: str | None
+    port: int | None = None
+    port_env: str | None = None
+    timeout: float = 90
+
+
+def services(ports: Ports) -> list[Service]:
+    airflow = str(VENV / "bin" / "airflow")
+    dev_python = str(AIRBYTE_VENV / "bin" / "python")
+    found: list[Service] = []
+    # The local stand-ins for outside services come first: Airflow's DAGs talk to them.
+    if (REPO / "dev" / "meter_api" / "__main__.py").exists():
+        found.append(
+            Service(
+                "meter-api",
+                [dev_python, "-m", "dev.meter_api"],
+                f"http://127.0.0.1:{ports.meter}/health",
+                ports.meter,
+                "STACK_METER_PORT",
+            )
+        )
+    if (REPO / "dev" / "airbyte_server" / "__main__.py").exists():
+        found.append(
+            Service(
+                "airbyte",
+                [dev_python, "-m", "dev.airbyte_server"],
+                f"http://127.0.0.1:{ports.airbyte}/api/public/v1/health",
+                ports.airbyte,
+                "STACK_AIRBYTE_PORT",
+            )
+        )
+    found += [
+        Service(
+            "airflow-api-server",
+            [airflow, "api-server", "--port", str(ports.airflow), "--host", "127.0.0.1"],
+            f"http://127.0.0.1:{ports.airflow}/api/v2/monitor/health",
+            ports.airflow,
+            "STACK_AIRFLOW_PORT",
+            timeout=120,
+        ),
+        Service("airflow-scheduler", [airflow, "scheduler"], None),
+        Service("airflow-dag-processor", [airflow, "dag-processor"], None),
+        Service("airflow-triggerer", [airflow, "triggerer"], None),
+    ]
+    return found
+
+
+def service_env(ports: Ports, env: dict[str, str], secret: dict[str, str]) -> dict[str, str]:
+    """The process environment: the user's, plus the stack's, plus service-only settings."""
+    path = os.pathsep.join([str(VENV / "bin"), str(REPO / ".local" / "bin"), os.environ.get("PATH", "")])
+    return {
+        **os.environ,
+        **env,
+        "PATH": path,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
+        "LOCAL_AIRBYTE_HOST": "127.0.0.1",
+        "LOCAL_AIRBYTE_PORT": str(ports.airbyte),
+        "LOCAL_AIRBYTE_DB_URL": env["WAREHOUSE_URL"].rsplit("/", 1)[0] + "/airbyte",
+        "LOCAL_AIRBYTE_CLIENT_ID": secret["airbyte_client_id"],
+        "LOCAL_AIRBYTE_CLIENT_SECRET": secret["airbyte_client_secret"],
+        "LOCAL_AIRBYTE_STATE_DIR": str(REPO / ".local" / "airbyte"),
+        "METER_API_HOST": "127.0.0.1",
+        "METER_API_PORT": str(ports.meter),
+        "AIRBYTE_OFFLINE_MODE": "1",
+    }
+
+
+def airflow_health(url: str) -> bool:
+    """The api-server answers and every Airflow component reports healthy."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            body = json.load(response)
+    except (OSError, ValueError):
+        return False
+    parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+    return all(body.get(part, {}).get("status") == "healthy" for part in parts)
+
+
+def up() -> None:
+    started = time.monotonic()
+    ports = Ports.from_env()
+    secret = load_secrets()
+    pg = postgres_settings(ports, secret)
+    env = stack_env(ports, pg, secret)
+    write_stack_env(env)
+    proc_env = service_env(ports, env, secret)
+
+    if pg.embedded:
+        if postgres.initdb(pg):
+            print("  postgres: initialised a new cluster in .local/pg/data")
+        postgres.start(pg, proc_env)
+    postgres.ensure_databases(pg)
+    print(f"  postgres: ready on {pg.host}:{pg.port}")
+
+    AIRFLOW_HOME.mkdir(parents=True, exist_ok=True)
+    passwords = AIRFLOW_HOME / "passwords.json"
+    passwords.write_text(json.dumps({env["AIRFLOW_ADMIN_USER"]: env["AIRFLOW_ADMIN_PASSWORD"]}))
+    passwords.chmod(0o600)
+    migrate = subprocess.run(
+        [str(VENV / "bin" / "airflow"), "db", "migrate"], env=proc_env, capture_output=True, text=True
+    )
+    if migrate.returncode != 0:
+        raise procs.StackError(f"`airflow db migrate` failed:\n{migrate.stdout[-3000:]}{migrate.stderr[-3000:]}")
+
+    for service in services(ports):
+        if procs.running_pid(service.name):
+            continue
+        if service.port:
+            procs.require_free_port(service.port, service.name, service.port_env or "")
+        procs.start(service.name, service.cmd, proc_env, REPO)
+    for service in services(ports):
+        if service.name == "airflow-api-server":
+            continue
+        if service.health_url:
+            procs.wait_until(
+                lambda url=service.health_url: procs.http_ok(url),
+                service.name,
+                service.timeout,
+                procs.log_file(service.name),
+            )
+            print(f"  {service.name}: healthy at {service.health_url.rsplit('/', 1)[0]}")
+    health = f"{env['AIRFLOW_API_URL']}/api/v2/monitor/health"
+    procs.wait_until(lambda: airflow_health(health), "Airflow", 180, procs.log_file("airflow-api-server"))
+    print("  airflow: api-server, scheduler, dag-processor and triggerer healthy")
+    print(
+        f"\nStack is up in {time.monotonic() - started:.0f}s.\n"
+        f"  Airflow UI   {env['AIRFLOW_API_URL']}   login {env['AIRFLOW_ADMIN_USER']} / "
+        f"{env['AIRFLOW_ADMIN_PASSWORD']}\n"
+        f"  Airbyte API  {env['LOCAL_AIRBYTE_URL']}/api/public/v1\n"
+        f"  Meter API    {env['METER_API_URL']}\n"
+        f"  Warehouse    {env['WAREHOUSE_URL'].split('@')[-1]}\n"
+        f"  Environment  set -a; . {STACK_ENV.relative_to(REPO)}; set +a\n"
+        "  Stop with    make down"
+    )
+
+
+def down() -> None:
+    ports = Ports.from_env()
+    stopped = [s.name for s in reversed(services(ports)) if procs.stop(s.name)]
+    if postgres.stop():
+        stopped.append("postgres")
+    leftovers = procs.kill_stragglers()
+    if leftovers:
+        stopped.append(f"{len(leftovers)} leftover process(es)")
+    print("  stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+def status() -> int:
+    ports = Ports.from_env()
+    down_count = 0
+    pg_pid = postgres.running()
+    print(f"  postgres: {'running (pid %d)' % pg_pid if pg_pid else 'stopped'}")
+    for service in services(ports):
+        pid = procs.running_pid(service.name)
+        down_count += pid is None
+        print(f"  {service.name}: {'running (pid %d)' % pid if pid else 'stopped'}")
+    return 0 if down_count == 0 and pg_pid else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dev.stack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        up()
+    elif args.command == "down":
+        down()
+    else:
+        return status()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

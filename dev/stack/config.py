@@ -1,0 +1,177 @@
+"""Where the stack lives, which ports it uses, and the environment it writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL = REPO / ".local"
+RUN_DIR = LOCAL / "run"
+LOG_DIR = LOCAL / "logs"
+STACK_ENV = LOCAL / "stack.env"
+SECRETS_FILE = LOCAL / "secrets.json"
+AIRFLOW_HOME = LOCAL / "airflow"
+VENV = REPO / ".venv"
+AIRBYTE_VENV = REPO / ".venv-airbyte"
+
+# Every process the stack starts carries this marker in its environment, so `down`
+# can find stragglers (task runners, connector subprocesses) that left the process group.
+MARKER = "ELT_STACK_HOME"
+
+ADMIN_USER = "admin"
+DB_USER = "elt"
+
+
+def _port(name: str, default: int) -> int:
+    raw = os.environ.get(name, str(default))
+    try:
+        port = int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise SystemExit(f"{name}={port} is out of range 1-65535")
+    return port
+
+
+@dataclass(frozen=True)
+class Ports:
+    postgres: int
+    airflow: int
+    airbyte: int
+    meter: int
+
+    @classmethod
+    def from_env(cls) -> Ports:
+        return cls(
+            postgres=_port("STACK_PG_PORT", 55432),
+            airflow=_port("STACK_AIRFLOW_PORT", 8080),
+            airbyte=_port("STACK_AIRBYTE_PORT", 8000),
+            meter=_port("STACK_METER_PORT", 8010),
+        )
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """The Postgres the stack uses: embedded by default, or `STACK_PG_URL` if set."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    embedded: bool
+
+    def url(self, database: str, driver: str = "postgresql") -> str:
+        return f"{driver}://{quote(self.user)}:{quote(self.password, safe='')}@{self.host}:{self.port}/{database}"
+
+
+def load_secrets() -> dict[str, str]:
+    """Local-only credentials, generated once and kept in .local/ (git-ignored)."""
+    LOCAL.mkdir(exist_ok=True)
+    current = json.loads(SECRETS_FILE.read_text()) if SECRETS_FILE.exists() else {}
+    wanted = {
+        "postgres_password": lambda: secrets.token_urlsafe(18),
+        "admin_password": lambda: secrets.token_urlsafe(12),
+        "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
+        "jwt_secret": lambda: secrets.token_urlsafe(32),
+        "api_secret_key": lambda: secrets.token_urlsafe(32),
+        "airbyte_client_id": lambda: "local-" + secrets.token_hex(8),
+        "airbyte_client_secret": lambda: secrets.token_urlsafe(24),
+    }
+    missing = {k: make() for k, make in wanted.items() if k not in current}
+    if missing:
+        current.update(missing)
+        SECRETS_FILE.write_text(json.dumps(current, indent=2))
+        SECRETS_FILE.chmod(0o600)
+    return current
+
+
+def postgres_settings(ports: Ports, secret: dict[str, str]) -> Postgres:
+    external = os.environ.get("STACK_PG_URL")
+    if not external:
+        return Postgres("127.0.0.1", ports.postgres, DB_USER, secret["postgres_password"], embedded=True)
+    parts = urlsplit(external)
+    if parts.scheme not in ("postgres", "postgresql") or not parts.hostname or parts.hostname.startswith("/"):
+        raise SystemExit(
+            f"STACK_PG_URL={external!r}: expected postgresql://USER:PASSWORD@HOST:PORT/ with a TCP host "
+            "(Cosmos builds asset URIs from it, a socket path does not work)"
+        )
+    return Postgres(
+        parts.hostname, parts.port or 5432, parts.username or "postgres", parts.password or "", embedded=False
+    )
+
+
+def stack_env(ports: Ports, pg: Postgres, secret: dict[str, str]) -> dict[str, str]:
+    """Everything another tool needs to use the stack (written to .local/stack.env)."""
+    airflow_url = f"http://127.0.0.1:{ports.airflow}"
+    airbyte_url = f"http://127.0.0.1:{ports.airbyte}"
+    warehouse_conn = {
+        "conn_type": "postgres",
+        "host": pg.host,
+        "port": pg.port,
+        "login": pg.user,
+        "password": pg.password,
+        "schema": "warehouse",
+    }
+    airbyte_conn = {
+        "conn_type": "airbyte",
+        "host": f"{airbyte_url}/api/public/v1/",
+        "login": secret["airbyte_client_id"],
+        "password": secret["airbyte_client_secret"],
+        "schema": f"{airbyte_url}/api/public/v1/applications/token",
+        "extra": {"timeout": 30},
+    }
+    return {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__FERNET_KEY": secret["fernet_key"],
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{airflow_url}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(AIRFLOW_HOME / "passwords.json"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg.url("airflow", "postgresql+psycopg2"),
+        "AIRFLOW__API__BASE_URL": airflow_url,
+        "AIRFLOW__API__PORT": str(ports.airflow),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__SECRET_KEY": secret["api_secret_key"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret["jwt_secret"],
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "20",
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+        "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
+        "SCARF_ANALYTICS": "false",
+        "DO_NOT_TRACK": "1",
+        "AIRFLOW_CONN_WAREHOUSE": json.dumps(warehouse_conn),
+        "AIRFLOW_CONN_AIRBYTE_DEFAULT": json.dumps(airbyte_conn),
+        "AIRFLOW_API_URL": airflow_url,
+        "AIRFLOW_ADMIN_USER": ADMIN_USER,
+        "AIRFLOW_ADMIN_PASSWORD": secret["admin_password"],
+        "WAREHOUSE_URL": pg.url("warehouse"),
+        "WAREHOUSE_HOST": pg.host,
+        "WAREHOUSE_PORT": str(pg.port),
+        "WAREHOUSE_USER": pg.user,
+        "WAREHOUSE_PASSWORD": pg.password,
+        "WAREHOUSE_DB": "warehouse",
+        "LOCAL_AIRBYTE_URL": airbyte_url,
+        "METER_API_URL": f"http://127.0.0.1:{ports.meter}",
+    }
+
+
+def write_stack_env(env: dict[str, str]) -> None:
+    lines = ["# Written by `make up` (dev/stack). Use: set -a; . .local/stack.env; set +a"]
+    lines += [f"{key}={_shell_quote(value)}" for key, value in env.items()]
+    STACK_ENV.write_text("\n".join(lines) + "\n")
+    STACK_ENV.chmod(0o600)
+
+
+def _shell_quote(value: str) -> str:
+    return "'" + value.replace("'", "'\"'\"'") + "'"

@@ -1,0 +1,185 @@
+"""Background processes tracked by pid files, with clear messages for the usual trouble."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from dev.stack.config import LOG_DIR, LOCAL, MARKER, RUN_DIR
+
+
+class StackError(SystemExit):
+    """A problem the user can act on; printed without a traceback."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"stack: {message}")
+
+
+def pid_file(name: str) -> Path:
+    return RUN_DIR / f"{name}.pid"
+
+
+def log_file(name: str) -> Path:
+    return LOG_DIR / f"{name}.log"
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie is dead for our purposes.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def start_time(pid: int) -> str:
+    """The kernel's start time of a process: with the pid, it identifies the process for sure."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def is_ours(pid: int) -> bool:
+    """True if the process was started by this stack.
+
+    The environment marker is checked first; Airflow and Postgres overwrite their
+    /proc environ when they set a process title, so an `airflow` process working in
+    the repository counts too.
+    """
+    proc = Path(f"/proc/{pid}")
+    try:
+        if f"{MARKER}={LOCAL}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+            return True
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        return cmdline.startswith("airflow ") and os.readlink(proc / "cwd") == str(LOCAL.parent)
+    except OSError:
+        return False
+
+
+def running_pid(name: str) -> int | None:
+    """The pid of a running service, cleaning up (and saying so) a stale pid file."""
+    path = pid_file(name)
+    if not path.exists():
+        return None
+    pid_text, _, started = path.read_text().strip().partition(" ")
+    pid = int(pid_text) if pid_text.isdigit() else None
+    if pid and is_alive(pid) and start_time(pid) == started:
+        return pid
+    why = "is not running" if not pid or not is_alive(pid) else "is now another program"
+    print(f"  {name}: stale pid file {path.relative_to(LOCAL.parent)} (pid {pid_text} {why}); removed it")
+    path.unlink()
+    return None
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def require_free_port(port: int, service: str, env_var: str) -> None:
+    if port_in_use(port):
+        raise StackError(
+            f"port {port} for {service} is already taken by another program. "
+            f"Stop it, or choose another port with {env_var}=<port> (e.g. `{env_var}={port + 1} make up`)."
+        )
+
+
+def start(name: str, cmd: Sequence[str], env: dict[str, str], cwd: Path, **popen: object) -> int:
+    RUN_DIR.mkdir(parents=True, exist_ok=True)
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    env = {**env, MARKER: str(LOCAL)}
+    with open(log_file(name), "ab") as log:
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **popen,
+        )
+    pid_file(name).write_text(f"{proc.pid} {start_time(proc.pid)}")
+    return proc.pid
+
+
+def stop(name: str, timeout: float = 20) -> bool:
+    pid = running_pid(name)
+    if pid is None:
+        return False
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while is_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if is_alive(pid):
+        _signal_group(pid, signal.SIGKILL)
+    pid_file(name).unlink(missing_ok=True)
+    return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def stragglers() -> list[int]:
+    """Processes started by this stack that are still alive (any process group)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and is_ours(int(entry.name)):
+            if is_alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def kill_stragglers(timeout: float = 10) -> list[int]:
+    pids = stragglers()
+    for pid in pids:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(is_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in pids:
+        if is_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+    return pids
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    hint = ""
+    if log and log.exists():
+        tail = log.read_text(errors="replace").splitlines()[-15:]
+        hint = f"\n  last lines of {log}:\n    " + "\n    ".join(tail)
+    raise StackError(f"{what} did not become healthy within {timeout:.0f}s{hint}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
