@@ -1,0 +1,1 @@
+"""Managed ELT on Airflow 3: pipeline specs become DAGs (Airbyte sync -> dbt via Cosmos -> alerts)."""

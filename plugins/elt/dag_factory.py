@@ -1,0 +1,141 @@
+"""Turn a pipeline spec into an Airflow 3 DAG: Airbyte syncs in parallel, then the dbt task group.
+
+Nothing here touches the network, a database, dbt or a subprocess: building a DAG only reads
+the spec and the compiled dbt manifest.
+"""
+
+from __future__ import annotations
+
+import inspect
+from datetime import datetime, timezone
+from pathlib import Path
+
+from airflow.sdk import DAG, CronDataIntervalTimetable, TaskGroup
+
+from elt import alerting, paths
+from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
+from elt.assets import raw_table_asset
+from elt.dbt import dbt_task_group
+from elt.spec import PipelineSpec, load_spec
+
+
+def build_pipeline_dag(dag_file: str | None = None, spec_path: Path | None = None) -> DAG:
+    """Build the DAG for the spec named like the calling DAG file (dags/NAME.py -> include/pipelines/NAME.yaml)."""
+    if spec_path is None:
+        caller = dag_file or inspect.stack()[1].filename
+        spec_path = paths.PIPELINES_DIR / f"{Path(caller).stem}.yaml"
+    return dag_from_spec(load_spec(spec_path))
+
+
+def _timetable(spec: PipelineSpec) -> CronDataIntervalTimetable | None:
+    # A real data interval per run (cron schedules alone get zero-length intervals in Airflow 3):
+    # dbt rebuilds exactly that window, and backfills by date mean something.
+    if spec.schedule is None:
+        return None
+    return CronDataIntervalTimetable(spec.schedule, timezone="UTC")
+
+
+def dag_from_spec(spec: PipelineSpec) -> DAG:
+    limits = spec.limits
+    default_args = {
+        "owner": ", ".join(spec.owners),
+        "retries": limits.retries,
+        "retry_delay": limits.retry_delay,
+        **alerting.task_callbacks(spec),
+    }
+    with DAG(
+        dag_id=spec.name,
+        description=spec.description.strip().split("\n")[0][:200],
+        doc_md=doc_md(spec),
+        schedule=_timetable(spec),
+        start_date=datetime.combine(spec.start_date, datetime.min.time(), tzinfo=timezone.utc),
+        catchup=spec.catchup,
+        tags=sorted({*spec.tags, *spec.owners}),
+        default_args=default_args,
+        dagrun_timeout=limits.dagrun_timeout,
+        max_active_runs=limits.max_active_runs,
+        max_active_tasks=limits.max_active_tasks,
+        **alerting.dag_arguments(spec),
+    ) as dag:
+        syncs = [_airbyte_group(spec, connection) for connection in spec.airbyte.connections]
+        dbt = dbt_task_group(spec)
+        syncs >> dbt
+    return dag
+
+
+def _airbyte_group(spec: PipelineSpec, connection) -> TaskGroup:
+    airbyte = spec.airbyte
+    with TaskGroup(
+        group_id=f"airbyte_{connection.name}",
+        tooltip=f"Airbyte connection {connection.id} -> {connection.destination_schema}",
+    ) as group:
+        sync = AirbyteSyncOperator(
+            task_id="sync",
+            connection_id=str(connection.id),
+            airbyte_conn_id=airbyte.conn_id,
+            request_timeout=airbyte.request_timeout.total_seconds(),
+            backfill_sync=spec.backfill.sync,
+            coverage=[
+                (f"{connection.destination_schema}.{stream.name}", stream.cursor_field)
+                for stream in connection.streams
+                if stream.cursor_field
+            ],
+            execution_timeout=airbyte.request_timeout * 10,
+            doc_md=f"Starts a sync of Airbyte connection `{connection.id}` (or attaches to the running one).",
+        )
+        wait = AirbyteJobWaitSensor(
+            task_id="wait",
+            airbyte_job_id=sync.output,
+            airbyte_conn_id=airbyte.conn_id,
+            connection_id=str(connection.id),
+            poll_interval=airbyte.poll_interval.total_seconds(),
+            request_timeout=airbyte.request_timeout.total_seconds(),
+            timeout=airbyte.sync_timeout.total_seconds(),
+            execution_timeout=airbyte.sync_timeout,
+            outlets=[raw_table_asset(connection.destination_schema, s.name) for s in connection.streams],
+            doc_md="Waits for the Airbyte job in the triggerer; publishes one asset per stream.",
+        )
+        sync >> wait
+    return group
+
+
+def doc_md(spec: PipelineSpec) -> str:
+    connections = "\n".join(
+        f"- `{c.name}` — Airbyte connection `{c.id}` → schema `{c.destination_schema}`, streams "
+        + ", ".join(f"`{s.name}`" for s in c.streams)
+        for c in spec.airbyte.connections
+    )
+    window = (
+        f"Runs on `{spec.schedule}` (UTC) with a real data interval; dbt's windowed models rebuild exactly "
+        "`data_interval_start` … `data_interval_end`, so re-running a run or a date range is idempotent."
+        if spec.windowed
+        else "Runs only when triggered."
+    )
+    backfill = {
+        "if_behind": "a backfill run syncs only when the raw tables do not reach the end of its window, so "
+        "one sync serves a whole backfill (later runs attach to it or find the data already there)",
+        "always": "every backfill run starts (or attaches to) a sync",
+        "never": "backfill runs never sync; they rebuild marts from the raw data already loaded",
+    }[spec.backfill.sync]
+    routes = [name for name in ("slack", "pagerduty", "email") if getattr(spec.alerts, name)]
+    return f"""### {spec.name}
+
+{spec.description.strip()}
+
+**Owners:** {", ".join(spec.owners)} · **Spec:** `include/pipelines/{spec.name}.yaml` ·
+**dbt selector:** `{spec.dbt.selector}` · **Alerts:** {", ".join(routes) or "none"}
+
+**Airbyte connections** (synced in parallel; the wait runs in the triggerer):
+{connections}
+
+**Schedule and windows.** {window}
+
+**Re-run.** Clear the failed task (and downstream) in the grid. A cleared `sync` task attaches to a
+sync that is still running instead of starting another; a dbt task re-runs only its model and tests.
+
+**Backfill.** UI: *Trigger → Backfill*, or
+`airflow backfill create --dag-id {spec.name} --from-date 2023-02-01 --to-date 2023-02-07`
+(add `--reprocess-behavior completed` to redo finished dates). Policy `{spec.backfill.sync}`: {backfill}.
+
+{spec.doc or ""}
+"""

@@ -1,0 +1,105 @@
+"""dbt through Cosmos: one place for the project, profile, rendering and execution settings.
+
+`python -m elt.dbt` compiles include/dbt/target/manifest.json (`make dbt-manifest`); DAG
+parsing only reads that file, it never runs dbt.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+from cosmos.profiles import PostgresUserPasswordProfileMapping
+
+from elt import paths
+from elt.spec import PipelineSpec
+
+PROJECT_NAME = "managed_elt"
+TARGET_SCHEMA = "analytics"
+WAREHOUSE_CONN_ID = "warehouse"
+
+# The run's data interval, as dbt vars: windowed models rebuild exactly this window.
+WINDOW_VARS = {
+    "data_interval_start": "{{ data_interval_start.isoformat() if data_interval_start else '' }}",
+    "data_interval_end": "{{ data_interval_end.isoformat() if data_interval_end else '' }}",
+}
+
+
+def profile_config() -> ProfileConfig:
+    return ProfileConfig(
+        profile_name=PROJECT_NAME,
+        target_name="airflow",
+        profile_mapping=PostgresUserPasswordProfileMapping(
+            conn_id=WAREHOUSE_CONN_ID, profile_args={"schema": TARGET_SCHEMA, "threads": 4}
+        ),
+    )
+
+
+def project_config() -> ProjectConfig:
+    return ProjectConfig(
+        dbt_project_path=paths.DBT_PROJECT_DIR,
+        manifest_path=paths.DBT_MANIFEST,
+        project_name=PROJECT_NAME,
+        install_dbt_deps=False,
+    )
+
+
+def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
+    """The pipeline's dbt selection as one task group: a `dbt build` task per model (model + its tests)."""
+    return DbtTaskGroup(
+        group_id="dbt",
+        project_config=project_config(),
+        profile_config=profile_config(),
+        render_config=RenderConfig(
+            load_method=LoadMode.DBT_MANIFEST,
+            selector=spec.dbt.selector,
+            # BUILD runs each model with its tests in one dbt invocation: half the tasks of
+            # AFTER_EACH, and a failing test still stops the models downstream of it.
+            test_behavior=TestBehavior.BUILD,
+            emit_datasets=True,
+        ),
+        execution_config=ExecutionConfig(
+            execution_mode=ExecutionMode.LOCAL, invocation_mode=InvocationMode.DBT_RUNNER
+        ),
+        operator_args={"vars": WINDOW_VARS, "install_deps": False},
+        **kwargs,
+    )
+
+
+def compile_manifest() -> int:
+    """`dbt parse` once, at build time, writing target/manifest.json for Cosmos to render."""
+    from dbt.cli.main import dbtRunner
+
+    # Parsing does not connect to the warehouse; the profile only needs to render.
+    for name, value in {
+        "WAREHOUSE_HOST": "localhost",
+        "WAREHOUSE_PORT": "5432",
+        "WAREHOUSE_USER": "dbt",
+        "WAREHOUSE_PASSWORD": "unused-at-parse-time",
+        "WAREHOUSE_DB": "warehouse",
+    }.items():
+        os.environ.setdefault(name, value)
+    result = dbtRunner().invoke(
+        [
+            "parse",
+            "--project-dir",
+            str(paths.DBT_PROJECT_DIR),
+            "--profiles-dir",
+            str(paths.DBT_PROJECT_DIR),
+            "--target-path",
+            str(paths.DBT_MANIFEST.parent),
+            "--quiet",
+        ]
+    )
+    if not result.success:
+        print(f"dbt parse failed: {result.exception}", file=sys.stderr)
+        return 1
+    print(f"wrote {paths.DBT_MANIFEST.relative_to(paths.REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(compile_manifest())

@@ -1,0 +1,11 @@
+"""Where the repository keeps what the DAGs are built from (overridable for deployments)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(os.environ.get("ELT_REPO_ROOT", Path(__file__).resolve().parents[2]))
+PIPELINES_DIR = Path(os.environ.get("ELT_PIPELINES_DIR", REPO / "include" / "pipelines"))
+DBT_PROJECT_DIR = Path(os.environ.get("ELT_DBT_PROJECT_DIR", REPO / "include" / "dbt"))
+DBT_MANIFEST = Path(os.environ.get("ELT_DBT_MANIFEST", DBT_PROJECT_DIR / "target" / "manifest.json"))
