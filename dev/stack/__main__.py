@@ -9,12 +9,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from dev.stack import postgres, procs
 from dev.stack.config import (
     AIRBYTE_VENV,
     AIRFLOW_HOME,
+    LOCAL,
     REPO,
     STACK_ENV,
     VENV,
@@ -79,7 +79,9 @@ def services(ports: Ports) -> list[Service]:
 
 def service_env(ports: Ports, env: dict[str, str], secret: dict[str, str]) -> dict[str, str]:
     """The process environment: the user's, plus the stack's, plus service-only settings."""
-    path = os.pathsep.join([str(VENV / "bin"), str(REPO / ".local" / "bin"), os.environ.get("PATH", "")])
+    path = os.pathsep.join(
+        [str(VENV / "bin"), str(REPO / ".local" / "tools" / "bin"), os.environ.get("PATH", "")]
+    )
     return {
         **os.environ,
         **env,
@@ -90,7 +92,7 @@ def service_env(ports: Ports, env: dict[str, str], secret: dict[str, str]) -> di
         "LOCAL_AIRBYTE_DB_URL": env["WAREHOUSE_URL"].rsplit("/", 1)[0] + "/airbyte",
         "LOCAL_AIRBYTE_CLIENT_ID": secret["airbyte_client_id"],
         "LOCAL_AIRBYTE_CLIENT_SECRET": secret["airbyte_client_secret"],
-        "LOCAL_AIRBYTE_STATE_DIR": str(REPO / ".local" / "airbyte"),
+        "LOCAL_AIRBYTE_STATE_DIR": str(LOCAL / "airbyte"),
         "METER_API_HOST": "127.0.0.1",
         "METER_API_PORT": str(ports.meter),
         "AIRBYTE_OFFLINE_MODE": "1",
@@ -119,6 +121,13 @@ def up() -> None:
     write_stack_env(env)
     proc_env = service_env(ports, env, secret)
 
+    # Check every port before starting anything, so a clash leaves nothing half-started.
+    if pg.embedded and not postgres.running():
+        procs.require_free_port(pg.port, "Postgres", "STACK_PG_PORT")
+    for service in services(ports):
+        if service.port and not procs.running_pid(service.name):
+            procs.require_free_port(service.port, service.name, service.port_env or "")
+
     if pg.embedded:
         if postgres.initdb(pg):
             print("  postgres: initialised a new cluster in .local/pg/data")
@@ -134,13 +143,13 @@ def up() -> None:
         [str(VENV / "bin" / "airflow"), "db", "migrate"], env=proc_env, capture_output=True, text=True
     )
     if migrate.returncode != 0:
-        raise procs.StackError(f"`airflow db migrate` failed:\n{migrate.stdout[-3000:]}{migrate.stderr[-3000:]}")
+        raise procs.StackError(
+            f"`airflow db migrate` failed:\n{migrate.stdout[-3000:]}{migrate.stderr[-3000:]}"
+        )
 
     for service in services(ports):
         if procs.running_pid(service.name):
             continue
-        if service.port:
-            procs.require_free_port(service.port, service.name, service.port_env or "")
         procs.start(service.name, service.cmd, proc_env, REPO)
     for service in services(ports):
         if service.name == "airflow-api-server":
@@ -163,7 +172,7 @@ def up() -> None:
         f"  Airbyte API  {env['LOCAL_AIRBYTE_URL']}/api/public/v1\n"
         f"  Meter API    {env['METER_API_URL']}\n"
         f"  Warehouse    {env['WAREHOUSE_URL'].split('@')[-1]}\n"
-        f"  Environment  set -a; . {STACK_ENV.relative_to(REPO)}; set +a\n"
+        f"  Environment  set -a; . {STACK_ENV}; set +a\n"
         "  Stop with    make down"
     )
 
@@ -183,11 +192,11 @@ def status() -> int:
     ports = Ports.from_env()
     down_count = 0
     pg_pid = postgres.running()
-    print(f"  postgres: {'running (pid %d)' % pg_pid if pg_pid else 'stopped'}")
+    print(f"  postgres: {f'running (pid {pg_pid})' if pg_pid else 'stopped'}")
     for service in services(ports):
         pid = procs.running_pid(service.name)
         down_count += pid is None
-        print(f"  {service.name}: {'running (pid %d)' % pid if pid else 'stopped'}")
+        print(f"  {service.name}: {f'running (pid {pid})' if pid else 'stopped'}")
     return 0 if down_count == 0 and pg_pid else 1
 
 

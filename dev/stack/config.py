@@ -11,7 +11,8 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 REPO = Path(__file__).resolve().parents[2]
-LOCAL = REPO / ".local"
+# STACK_HOME lets several stacks (e.g. parallel test sessions) live side by side.
+LOCAL = Path(os.environ.get("STACK_HOME", REPO / ".local")).resolve()
 RUN_DIR = LOCAL / "run"
 LOG_DIR = LOCAL / "logs"
 STACK_ENV = LOCAL / "stack.env"
@@ -147,6 +148,9 @@ def stack_env(ports: Ports, pg: Postgres, secret: dict[str, str]) -> dict[str, s
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+        # Cosmos would cache YAML selectors in Airflow Variables: a database call while parsing.
+        "AIRFLOW__COSMOS__ENABLE_CACHE_DBT_YAML_SELECTORS": "False",
+        "AIRFLOW__COSMOS__ENABLE_CACHE": "False",
         "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
         "SCARF_ANALYTICS": "false",
         "DO_NOT_TRACK": "1",
@@ -162,6 +166,7 @@ def stack_env(ports: Ports, pg: Postgres, secret: dict[str, str]) -> dict[str, s
         "WAREHOUSE_PASSWORD": pg.password,
         "WAREHOUSE_DB": "warehouse",
         "LOCAL_AIRBYTE_URL": airbyte_url,
+        "STACK_HOME": str(LOCAL),
         "METER_API_URL": f"http://127.0.0.1:{ports.meter}",
     }
 

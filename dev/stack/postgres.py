@@ -104,7 +104,7 @@ def running() -> int | None:
     pid = int(first) if first.isdigit() else None
     if pid and procs.is_alive(pid):
         return pid
-    print(f"  postgres: stale {pidfile.relative_to(LOCAL.parent)} (pid {first} is not running)")
+    print(f"  postgres: stale {pidfile} (pid {first} is not running)")
     return None
 
 

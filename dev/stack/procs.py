@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dev.stack.config import LOG_DIR, LOCAL, MARKER, RUN_DIR
+from dev.stack.config import LOCAL, LOG_DIR, MARKER, REPO, RUN_DIR
 
 
 class StackError(SystemExit):
@@ -64,7 +65,7 @@ def is_ours(pid: int) -> bool:
         if f"{MARKER}={LOCAL}".encode() in (proc / "environ").read_bytes().split(b"\0"):
             return True
         cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        return cmdline.startswith("airflow ") and os.readlink(proc / "cwd") == str(LOCAL.parent)
+        return cmdline.startswith("airflow ") and os.readlink(proc / "cwd") == str(REPO)
     except OSError:
         return False
 
@@ -79,7 +80,7 @@ def running_pid(name: str) -> int | None:
     if pid and is_alive(pid) and start_time(pid) == started:
         return pid
     why = "is not running" if not pid or not is_alive(pid) else "is now another program"
-    print(f"  {name}: stale pid file {path.relative_to(LOCAL.parent)} (pid {pid_text} {why}); removed it")
+    print(f"  {name}: stale pid file {path} (pid {pid_text} {why}); removed it")
     path.unlink()
     return None
 
@@ -135,20 +136,14 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def stragglers() -> list[int]:
     """Processes started by this stack that are still alive (any process group)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid() and is_ours(int(entry.name)):
-            if is_alive(int(entry.name)):
-                found.append(int(entry.name))
-    return found
+    pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
+    return [pid for pid in pids if pid != os.getpid() and is_ours(pid) and is_alive(pid)]
 
 
 def kill_stragglers(timeout: float = 10) -> list[int]:

@@ -45,7 +45,9 @@ def _is_conflict(err: BaseException) -> bool:
     while cause is not None:
         if isinstance(cause, sdk_errors.SDKError) and cause.status_code == 409:
             return True
-        cause = cause.__cause__ or (cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None)
+        cause = cause.__cause__ or (
+            cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else None
+        )
     return False
 
 
@@ -93,7 +95,7 @@ class AirbyteSyncOperator(AirbyteTriggerSyncOperator):
         backfill_sync: str = "always",
         coverage: list[tuple[str, str]] | None = None,
         warehouse_conn_id: str = "warehouse",
-        data_interval_end: str | None = "{{ data_interval_end.isoformat() if data_interval_end else '' }}",
+        data_interval_end: str | None = "{{ run_window(dag, dag_run)[1] }}",
         **kwargs: Any,
     ) -> None:
         super().__init__(asynchronous=True, **kwargs)
@@ -118,7 +120,11 @@ class AirbyteSyncOperator(AirbyteTriggerSyncOperator):
         self.job_id = job.job_id
         self.job_url = job_url(hook, self.connection_id, job.job_id)
         self.log.info(
-            "Airbyte job %s (%s) for connection %s: %s", job.job_id, job.status, self.connection_id, self.job_url
+            "Airbyte job %s (%s) for connection %s: %s",
+            job.job_id,
+            job.status,
+            self.connection_id,
+            self.job_url,
         )
         return job.job_id
 
@@ -128,10 +134,19 @@ class AirbyteSyncOperator(AirbyteTriggerSyncOperator):
         except AirflowException as err:
             if not _is_conflict(err):
                 raise
-        for status in (JobStatusEnum.RUNNING, JobStatusEnum.PENDING, JobStatusEnum.QUEUED, JobStatusEnum.INCOMPLETE):
+        for status in (
+            JobStatusEnum.RUNNING,
+            JobStatusEnum.PENDING,
+            JobStatusEnum.QUEUED,
+            JobStatusEnum.INCOMPLETE,
+        ):
             running = list_jobs(hook, self.connection_id, status=status, limit=1)
             if running:
-                self.log.info("A sync of %s is already running: attaching to job %s", self.connection_id, running[0].job_id)
+                self.log.info(
+                    "A sync of %s is already running: attaching to job %s",
+                    self.connection_id,
+                    running[0].job_id,
+                )
                 return running[0]
         # The conflicting job ended between the 409 and the lookup: a fresh submit is safe now.
         return hook.submit_sync_connection(connection_id=self.connection_id)
@@ -201,7 +216,10 @@ class AirbyteJobTrigger(AirbyteSyncTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         _, kwargs = super().serialize()
-        return f"{type(self).__module__}.{type(self).__qualname__}", {**kwargs, "request_timeout": self.request_timeout}
+        return f"{type(self).__module__}.{type(self).__qualname__}", {
+            **kwargs,
+            "request_timeout": self.request_timeout,
+        }
 
     def _hook(self) -> AirbyteHook:
         return AirbyteHook(airbyte_conn_id=self.conn_id, timeout=self.request_timeout)
@@ -213,7 +231,9 @@ class AirbyteJobTrigger(AirbyteSyncTrigger):
             now = time.time()
             deadline = min(d for d in (self.end_time, self.execution_deadline) if d is not None)
             if deadline <= now:
-                yield self._event("timeout", f"Airbyte job {self.job_id} did not finish in time; cancelling it.")
+                yield self._event(
+                    "timeout", f"Airbyte job {self.job_id} did not finish in time; cancelling it."
+                )
                 return
             try:
                 job = await asyncio.to_thread(hook.get_job_details, int(self.job_id))
@@ -222,7 +242,9 @@ class AirbyteJobTrigger(AirbyteSyncTrigger):
                 errors += 1
                 self.log.warning("Polling Airbyte job %s failed (%d in a row): %s", self.job_id, errors, err)
                 if errors >= self.MAX_CONSECUTIVE_ERRORS:
-                    yield self._event("error", f"Airbyte API unreachable while waiting for job {self.job_id}: {err}")
+                    yield self._event(
+                        "error", f"Airbyte API unreachable while waiting for job {self.job_id}: {err}"
+                    )
                     return
                 await asyncio.sleep(self.poll_interval)
                 continue
@@ -299,7 +321,9 @@ class AirbyteJobWaitSensor(AirbyteJobSensor):
                 if self.execution_timeout
                 else None,
             )
-        return self._finish(context, {"status": status.value, "job_id": job_id, "rows_synced": job.rows_synced})
+        return self._finish(
+            context, {"status": status.value, "job_id": job_id, "rows_synced": job.rows_synced}
+        )
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         return self._finish(context, event or {"status": "error", "message": "no event from the trigger"})

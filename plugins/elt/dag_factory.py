@@ -7,7 +7,7 @@ the spec and the compiled dbt manifest.
 from __future__ import annotations
 
 import inspect
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from airflow.sdk import DAG, CronDataIntervalTimetable, TaskGroup
@@ -15,7 +15,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, TaskGroup
 from elt import alerting, paths
 from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.assets import raw_table_asset
-from elt.dbt import dbt_task_group
+from elt.dbt import dbt_task_group, run_window
 from elt.spec import PipelineSpec, load_spec
 
 
@@ -48,13 +48,14 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
         description=spec.description.strip().split("\n")[0][:200],
         doc_md=doc_md(spec),
         schedule=_timetable(spec),
-        start_date=datetime.combine(spec.start_date, datetime.min.time(), tzinfo=timezone.utc),
+        start_date=datetime.combine(spec.start_date, datetime.min.time(), tzinfo=UTC),
         catchup=spec.catchup,
         tags=sorted({*spec.tags, *spec.owners}),
         default_args=default_args,
         dagrun_timeout=limits.dagrun_timeout,
         max_active_runs=limits.max_active_runs,
         max_active_tasks=limits.max_active_tasks,
+        user_defined_macros={"run_window": run_window},
         **alerting.dag_arguments(spec),
     ) as dag:
         syncs = [_airbyte_group(spec, connection) for connection in spec.airbyte.connections]

@@ -10,6 +10,7 @@ import os
 import sys
 from typing import Any
 
+from airflow.sdk import CronDataIntervalTimetable
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
 from cosmos.profiles import PostgresUserPasswordProfileMapping
@@ -21,11 +22,30 @@ PROJECT_NAME = "managed_elt"
 TARGET_SCHEMA = "analytics"
 WAREHOUSE_CONN_ID = "warehouse"
 
-# The run's data interval, as dbt vars: windowed models rebuild exactly this window.
+# The run's window, as dbt vars: windowed models rebuild exactly this window.
 WINDOW_VARS = {
-    "data_interval_start": "{{ data_interval_start.isoformat() if data_interval_start else '' }}",
-    "data_interval_end": "{{ data_interval_end.isoformat() if data_interval_end else '' }}",
+    "data_interval_start": "{{ run_window(dag, dag_run)[0] }}",
+    "data_interval_end": "{{ run_window(dag, dag_run)[1] }}",
 }
+
+
+def run_window(dag: Any, dag_run: Any) -> tuple[str, str]:
+    """The window a run rebuilds, as ISO strings ('' and '' = rebuild everything).
+
+    Scheduled and backfill runs have a real data interval. A run without one (triggered
+    with no logical date, or by an asset event) gets the latest complete interval of the
+    pipeline's schedule before it, the same window a scheduled run at that time would get.
+    A pipeline without a time schedule rebuilds everything.
+    """
+    start, end = dag_run.data_interval_start, dag_run.data_interval_end
+    if start is not None and end is not None and start < end:
+        return start.isoformat(), end.isoformat()
+    timetable = getattr(dag, "timetable", None)
+    run_after = getattr(dag_run, "run_after", None)
+    if isinstance(timetable, CronDataIntervalTimetable) and run_after is not None:
+        interval = timetable.infer_manual_data_interval(run_after=run_after)
+        return interval.start.isoformat(), interval.end.isoformat()
+    return "", ""
 
 
 def profile_config() -> ProfileConfig:
