@@ -1,0 +1,135 @@
+"""Backfills by date through the real scheduler: correct marts, idempotent, one sync at most."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from datetime import date, timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+from airflow.providers.airbyte.hooks.airbyte import AirbyteHook
+
+from elt.airbyte import list_jobs
+from tests.integration.pipeline_runs import ENERGY_CONNECTION, meter_day_totals
+
+pytestmark = pytest.mark.stack
+REPO = Path(__file__).resolve().parents[2]
+DAG_ID = "energy_meters"
+
+
+def energy_jobs() -> set[int]:
+    return {
+        job.job_id
+        for job in list_jobs(AirbyteHook("airbyte_default", timeout=30), ENERGY_CONNECTION, limit=100)
+    }
+
+
+def backfill_runs(airflow, backfill_id: int) -> list[dict]:
+    runs = airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns?limit=100&run_type=backfill")["dag_runs"]
+    return [r for r in runs if r.get("backfill_id") == backfill_id]
+
+
+def wait_for_backfill(airflow, backfill_id: int, expected_runs: int, timeout: float = 1800) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        backfill = airflow.get(f"/api/v2/backfills/{backfill_id}")
+        runs = backfill_runs(airflow, backfill_id)
+        if backfill.get("completed_at") and all(r["state"] in ("success", "failed") for r in runs):
+            return runs
+        time.sleep(5)
+    raise TimeoutError(f"backfill {backfill_id} did not finish in {timeout}s")
+
+
+def latest_backfill_id(airflow) -> int:
+    backfills = airflow.get(f"/api/v2/backfills?dag_id={DAG_ID}&limit=100")["backfills"]
+    return max(b["id"] for b in backfills)
+
+
+def cli_backfill(stack: dict[str, str], *args: str) -> None:
+    result = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "airflow"), "backfill", "create", "--dag-id", DAG_ID, *args],
+        env={**os.environ, **stack},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def daily_marts(stack, first: date, last: date) -> list[tuple]:
+    with psycopg.connect(stack["WAREHOUSE_URL"]) as conn:
+        return conn.execute(
+            "select reading_date, meter_muid, direction, energy_kwh, reading_count "
+            "from analytics_marts.fct_energy_daily where reading_date between %s and %s order by 1, 2, 3",
+            (first, last),
+        ).fetchall()
+
+
+def assert_marts_match_meter_api(stack, first: date, last: date) -> None:
+    rows = {(d, m, direction): (float(kwh), n) for d, m, direction, kwh, n in daily_marts(stack, first, last)}
+    day = first
+    while day <= last:
+        for (muid, direction), kwh in meter_day_totals(stack, day).items():
+            assert rows[(day, muid, direction)][0] == pytest.approx(kwh, abs=1e-6), (day, muid, direction)
+            assert rows[(day, muid, direction)][1] == 96
+        day += timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def first_backfill(airflow, stack):
+    airflow.wait_for_dags([DAG_ID])
+    airflow.unpause(DAG_ID)
+    before = energy_jobs()
+    started = time.monotonic()
+    cli_backfill(stack, "--from-date", "2023-02-01", "--to-date", "2023-02-03")
+    backfill_id = latest_backfill_id(airflow)
+    runs = wait_for_backfill(airflow, backfill_id, 3)
+    return {"runs": runs, "new_jobs": energy_jobs() - before, "seconds": time.monotonic() - started}
+
+
+def test_cli_backfill_runs_one_run_per_day(first_backfill) -> None:
+    runs = first_backfill["runs"]
+    assert sorted(r["data_interval_start"][:10] for r in runs) == ["2023-02-01", "2023-02-02", "2023-02-03"]
+    assert {r["state"] for r in runs} == {"success"}, [(r["dag_run_id"], r["state"]) for r in runs]
+
+
+def test_backfill_marts_equal_meter_api(first_backfill, stack) -> None:
+    assert_marts_match_meter_api(stack, date(2023, 2, 1), date(2023, 2, 3))
+
+
+def test_backfill_starts_at_most_one_sync(first_backfill) -> None:
+    assert len(first_backfill["new_jobs"]) <= 1, first_backfill["new_jobs"]
+
+
+def test_reprocessing_the_backfill_is_idempotent_and_syncs_nothing(first_backfill, airflow, stack) -> None:
+    before_rows = daily_marts(stack, date(2023, 2, 1), date(2023, 2, 3))
+    before_jobs = energy_jobs()
+    cli_backfill(
+        stack, "--from-date", "2023-02-01", "--to-date", "2023-02-03", "--reprocess-behavior", "completed"
+    )
+    runs = wait_for_backfill(airflow, latest_backfill_id(airflow), 3)
+    assert {r["state"] for r in runs} == {"success"}
+    assert daily_marts(stack, date(2023, 2, 1), date(2023, 2, 3)) == before_rows
+    assert energy_jobs() == before_jobs, "the raw data already covers the window: no new sync"
+
+
+def test_backfill_through_the_rest_api(first_backfill, airflow, stack) -> None:
+    before_jobs = energy_jobs()
+    backfill = airflow.post(
+        "/api/v2/backfills",
+        {
+            "dag_id": DAG_ID,
+            "from_date": "2023-02-04T00:00:00Z",
+            "to_date": "2023-02-05T00:00:00Z",
+            "reprocess_behavior": "none",
+            "max_active_runs": 2,
+        },
+    )
+    runs = wait_for_backfill(airflow, backfill["id"], 2)
+    assert sorted(r["data_interval_start"][:10] for r in runs) == ["2023-02-04", "2023-02-05"]
+    assert {r["state"] for r in runs} == {"success"}
+    assert_marts_match_meter_api(stack, date(2023, 2, 4), date(2023, 2, 5))
+    assert energy_jobs() == before_jobs
