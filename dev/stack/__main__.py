@@ -61,6 +61,16 @@ def services(ports: Ports) -> list[Service]:
                 "STACK_AIRBYTE_PORT",
             )
         )
+    if (REPO / "dev" / "receivers" / "__main__.py").exists():
+        found.append(
+            Service(
+                "alert-receivers",
+                [str(VENV / "bin" / "python"), "-m", "dev.receivers"],
+                f"http://127.0.0.1:{ports.receivers_http}/health",
+                ports.receivers_http,
+                "STACK_RECEIVERS_HTTP_PORT",
+            )
+        )
     found += [
         Service(
             "airflow-api-server",
@@ -93,6 +103,8 @@ def service_env(ports: Ports, env: dict[str, str], secret: dict[str, str]) -> di
         "LOCAL_AIRBYTE_CLIENT_ID": secret["airbyte_client_id"],
         "LOCAL_AIRBYTE_CLIENT_SECRET": secret["airbyte_client_secret"],
         "LOCAL_AIRBYTE_STATE_DIR": str(LOCAL / "airbyte"),
+        "RECEIVERS_HTTP_PORT": str(ports.receivers_http),
+        "RECEIVERS_SMTP_PORT": str(ports.receivers_smtp),
         "METER_API_HOST": "127.0.0.1",
         "METER_API_PORT": str(ports.meter),
         "AIRBYTE_OFFLINE_MODE": "1",
@@ -150,7 +162,7 @@ def up() -> None:
     for service in services(ports):
         if procs.running_pid(service.name):
             continue
-        procs.start(service.name, service.cmd, proc_env, REPO)
+        procs.start(service.name, service.cmd, proc_env, LOCAL)
     for service in services(ports):
         if service.name == "airflow-api-server":
             continue

@@ -46,6 +46,8 @@ class Ports:
     airflow: int
     airbyte: int
     meter: int
+    receivers_http: int
+    receivers_smtp: int
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -54,6 +56,8 @@ class Ports:
             airflow=_port("STACK_AIRFLOW_PORT", 8080),
             airbyte=_port("STACK_AIRBYTE_PORT", 8000),
             meter=_port("STACK_METER_PORT", 8010),
+            receivers_http=_port("STACK_RECEIVERS_HTTP_PORT", 8025),
+            receivers_smtp=_port("STACK_RECEIVERS_SMTP_PORT", 8026),
         )
 
 
@@ -127,6 +131,16 @@ def stack_env(ports: Ports, pg: Postgres, secret: dict[str, str]) -> dict[str, s
         "schema": f"{airbyte_url}/api/public/v1/applications/token",
         "extra": {"timeout": 30},
     }
+    # Local stand-ins for Slack, PagerDuty and a mail server (dev/receivers) record what they get.
+    receivers = f"http://127.0.0.1:{ports.receivers_http}"
+    slack_conn = {"conn_type": "slackwebhook", "host": f"{receivers}/slack", "password": "T000/B000/local"}
+    pagerduty_conn = {"conn_type": "pagerduty_events", "host": receivers, "password": "local-routing-key"}
+    smtp_conn = {
+        "conn_type": "smtp",
+        "host": "127.0.0.1",
+        "port": ports.receivers_smtp,
+        "extra": {"from_email": "airflow@localhost", "disable_ssl": True, "disable_tls": True, "timeout": 10},
+    }
     return {
         "AIRFLOW_HOME": str(AIRFLOW_HOME),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
@@ -156,6 +170,10 @@ def stack_env(ports: Ports, pg: Postgres, secret: dict[str, str]) -> dict[str, s
         "DO_NOT_TRACK": "1",
         "AIRFLOW_CONN_WAREHOUSE": json.dumps(warehouse_conn),
         "AIRFLOW_CONN_AIRBYTE_DEFAULT": json.dumps(airbyte_conn),
+        "AIRFLOW_CONN_SLACK_ALERTS": json.dumps(slack_conn),
+        "AIRFLOW_CONN_PAGERDUTY_ALERTS": json.dumps(pagerduty_conn),
+        "AIRFLOW_CONN_SMTP_ALERTS": json.dumps(smtp_conn),
+        "RECEIVERS_URL": receivers,
         "AIRFLOW_API_URL": airflow_url,
         "AIRFLOW_ADMIN_USER": ADMIN_USER,
         "AIRFLOW_ADMIN_PASSWORD": secret["admin_password"],

@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from dev.stack.config import LOCAL, LOG_DIR, MARKER, REPO, RUN_DIR
+from dev.stack.config import LOCAL, LOG_DIR, MARKER, RUN_DIR
 
 
 class StackError(SystemExit):
@@ -58,14 +58,14 @@ def is_ours(pid: int) -> bool:
 
     The environment marker is checked first; Airflow and Postgres overwrite their
     /proc environ when they set a process title, so an `airflow` process working in
-    the repository counts too.
+    this stack's home (services run there, one home per stack) counts too.
     """
     proc = Path(f"/proc/{pid}")
     try:
         if f"{MARKER}={LOCAL}".encode() in (proc / "environ").read_bytes().split(b"\0"):
             return True
         cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        return cmdline.startswith("airflow ") and os.readlink(proc / "cwd") == str(REPO)
+        return cmdline.startswith("airflow ") and os.readlink(proc / "cwd") == str(LOCAL)
     except OSError:
         return False
 

@@ -1,15 +1,439 @@
-"""On-call alerting (filled in by the alerting work): callbacks and DAG arguments per pipeline."""
+"""On-call alerting: each pipeline's alert routes (Slack webhook, PagerDuty Events v2, email) as Airflow callbacks.
+
+When it alerts, and where the callback runs in Airflow 3:
+- a task's *final* failure: task `on_failure_callback` (on the worker; in the dag-processor when the
+  task was killed from outside). Pages every route.
+- a retry: task `on_retry_callback`, only for Slack/email routes with `notify_retries` (never pages).
+- a failed run: DAG `on_failure_callback` (dag-processor). When the run failed *because a task failed*,
+  that task already paged, so only other causes (dagrun_timeout, deadlock) page here.
+- a run not done by its deadline, still running or not: a Deadline Alert (`deadline=`) whose
+  AsyncCallback runs in the triggerer.
+- the next successful run: DAG `on_success_callback` resolves the PagerDuty incident and posts the
+  recovery, if an incident is open.
+
+One PagerDuty incident per pipeline: every event uses the dedup key `elt/<pipeline>`. The open
+incident is remembered in the Airflow Variable `elt_alerting_incident__<pipeline>` (so a normal
+success stays quiet). `elt_alerting_silence` (JSON {"<pipeline>": "<ISO time>" | true}) silences
+a pipeline's failure alerts.
+
+Delivery goes through the providers' notifiers (`notify`, called directly so that an error text is
+never rendered as a Jinja template). An alert that cannot be delivered is logged with the reason;
+no callback here ever raises, so an alert never hides or changes the failure it reports.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from elt.spec import PipelineSpec
+from airflow.providers.pagerduty.notifications.pagerduty import PagerdutyNotifier
+
+from elt import alert_content
+from elt.alert_content import Alert
+
+if TYPE_CHECKING:
+    from elt.spec import Alerts, PipelineSpec
+
+log = logging.getLogger(__name__)
+
+# Which connection types can carry each route (Airflow's conn_type names).
+ROUTE_CONN_TYPES: dict[str, tuple[str, ...]] = {
+    "slack": ("slackwebhook",),
+    "pagerduty": ("pagerduty_events",),
+    "email": ("smtp",),
+}
+SILENCE_VARIABLE = "elt_alerting_silence"
+INCIDENT_VARIABLE_PREFIX = "elt_alerting_incident__"
+DELIVERY_TIMEOUT = 15  # seconds per receiver: a hung receiver must not hold a worker slot for long
+PAGING_EVENTS = frozenset({"task_failed", "run_failed", "deadline_missed"})
+
+
+@dataclass(frozen=True)
+class Route:
+    kind: str  # slack | pagerduty | email
+    conn_id: str
+    severity: str = "error"
+    notify_retries: bool = False
+    to: tuple[str, ...] = ()
+
+
+def routes_of(spec: PipelineSpec) -> tuple[Route, ...]:
+    routes = []
+    for kind in ROUTE_CONN_TYPES:
+        route = getattr(spec.alerts, kind)
+        if route is not None:
+            routes.append(
+                Route(
+                    kind, route.conn_id, route.severity, route.notify_retries, tuple(getattr(route, "to", ()))
+                )
+            )
+    return tuple(routes)
+
+
+def dedup_key(pipeline: str) -> str:
+    """One PagerDuty incident per pipeline, whatever task, try or run raised it."""
+    return f"elt/{pipeline}"
+
+
+# -- what the DAG factory asks for ----------------------------------------------------------------
 
 
 def task_callbacks(spec: PipelineSpec) -> dict[str, Any]:
-    return {}
+    """default_args for every task of the pipeline: page on final failure, optionally post retries."""
+    check_connection_types(spec)
+    routes = routes_of(spec)
+    if not routes:
+        return {}
+    callbacks: dict[str, Any] = {"on_failure_callback": [TaskFailed(spec.name, routes)]}
+    retry_routes = tuple(r for r in routes if r.notify_retries and r.kind != "pagerduty")
+    if retry_routes:
+        callbacks["on_retry_callback"] = [TaskRetry(spec.name, retry_routes)]
+    return callbacks
 
 
 def dag_arguments(spec: PipelineSpec) -> dict[str, Any]:
-    return {}
+    """DAG constructor arguments: run failure/success callbacks and the deadline alert."""
+    routes = routes_of(spec)
+    if not routes:
+        return {}
+    arguments: dict[str, Any] = {
+        "on_failure_callback": [RunFailed(spec.name, routes)],
+        "on_success_callback": [RunSucceeded(spec.name, routes)],
+    }
+    if spec.deadline is not None:
+        from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
+
+        # Counted from when the run is queued: for a scheduled run that is when its data interval ends,
+        # so "deadline after the interval ends" holds; a backfill of old dates gets the same budget per
+        # run instead of paging at once for every date.
+        arguments["deadline"] = DeadlineAlert(
+            reference=DeadlineReference.DAGRUN_QUEUED_AT,
+            interval=spec.deadline,
+            # Callback kwargs are stored as JSON in the metadata DB: scalars only.
+            callback=AsyncCallback(
+                deadline_missed,
+                kwargs={"pipeline": spec.name, "routes": json.dumps([asdict(r) for r in routes])},
+            ),
+            name=f"{spec.name} deadline",
+        )
+    return arguments
+
+
+# -- spec check: a route whose connection has the wrong type ---------------------------------------
+
+
+def connection_type_from_env(conn_id: str) -> str | None:
+    """The conn_type of `AIRFLOW_CONN_<ID>` if that variable defines the connection (no DB, no secrets backend)."""
+    raw = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if not raw:
+        return None
+    raw = raw.strip()
+    if raw.startswith("{"):
+        try:
+            conn_type = json.loads(raw).get("conn_type")
+        except (ValueError, AttributeError):
+            return None
+        return str(conn_type) if conn_type else None
+    scheme = urlsplit(raw).scheme
+    return scheme.replace("-", "_") or None  # Airflow reads '-' in a URI scheme as '_'
+
+
+def connection_type_problems(alerts: Alerts) -> list[tuple[str, str]]:
+    """(field, message) for every route whose connection, where its type is known at parse time, cannot carry it.
+
+    Only connections given as environment variables can be checked while parsing (the database and
+    secrets backends are off limits then); the others are checked when an alert is sent.
+    """
+    problems = []
+    for kind, allowed in ROUTE_CONN_TYPES.items():
+        route = getattr(alerts, kind)
+        if route is None:
+            continue
+        conn_type = connection_type_from_env(route.conn_id)
+        if conn_type is not None and conn_type not in allowed:
+            problems.append(
+                (
+                    f"alerts.{kind}.conn_id",
+                    f"connection {route.conn_id!r} (AIRFLOW_CONN_{route.conn_id.upper()}) has type "
+                    f"{conn_type!r}; a {kind} route needs a connection of type {' or '.join(map(repr, allowed))}",
+                )
+            )
+    return problems
+
+
+def check_connection_types(spec: PipelineSpec) -> None:
+    from elt.spec import SpecError
+
+    problems = connection_type_problems(spec.alerts)
+    if problems:
+        lines = "\n".join(f"  field '{field}': {message}" for field, message in problems)
+        raise SpecError(f"pipeline {spec.name!r}: invalid alert routes\n{lines}")
+
+
+# -- callbacks -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Callback:
+    pipeline: str
+    routes: tuple[Route, ...]
+
+    def __call__(self, context: Mapping[str, Any]) -> None:
+        try:
+            self.handle(context)
+        except Exception:
+            # Airflow would log it too; saying so here makes clear the task/run outcome is unaffected.
+            log.exception(
+                "On-call alerting for pipeline %s failed; the run's state is unaffected", self.pipeline
+            )
+
+    def handle(self, context: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class TaskFailed(_Callback):
+    """A task failed for good (no retries left, or not retryable): page every route."""
+
+    def handle(self, context: Mapping[str, Any]) -> None:
+        page(alert_content.from_task_context("task_failed", self.pipeline, context), self.routes, context)
+
+
+class TaskRetry(_Callback):
+    """A task failed and will retry: a low-severity line for the routes that asked for it; never pages."""
+
+    def handle(self, context: Mapping[str, Any]) -> None:
+        alert = alert_content.from_task_context("task_retry", self.pipeline, context)
+        if silenced_until(self.pipeline):
+            return
+        deliver(alert, self.routes, context)
+
+
+class RunFailed(_Callback):
+    """The run failed. A failed task has paged already; other causes (timeout, deadlock) page here."""
+
+    def handle(self, context: Mapping[str, Any]) -> None:
+        if context.get("reason") == "task_failure":
+            log.info("Run of %s failed because a task failed; that task's alert covered it", self.pipeline)
+            return
+        page(alert_content.from_run_context("run_failed", self.pipeline, context), self.routes, context)
+
+
+class RunSucceeded(_Callback):
+    """A run succeeded: resolve the pipeline's incident and say so, if one is open."""
+
+    def handle(self, context: Mapping[str, Any]) -> None:
+        recover(alert_content.from_run_context("recovered", self.pipeline, context), self.routes, context)
+
+
+async def deadline_missed(pipeline: str, routes: str, context: Mapping[str, Any] | None = None) -> dict:
+    """Deadline Alert callback (triggerer): page for a run that is not done by its deadline."""
+    parsed = tuple(Route(**{**r, "to": tuple(r.get("to", ()))}) for r in json.loads(routes))
+    alert = alert_content.from_deadline_context(pipeline, context)
+    # The notifiers and connection lookups are synchronous; keep the triggerer's event loop free.
+    return await asyncio.to_thread(page, alert, parsed, dict(context or {}))
+
+
+# -- paging, recovery, delivery --------------------------------------------------------------------
+
+
+def page(alert: Alert, routes: Sequence[Route], context: Mapping[str, Any]) -> dict[str, str | None]:
+    until = silenced_until(alert.pipeline)
+    if until:
+        log.warning(
+            "Alert %r for %s not sent: pipeline silenced until %s (Variable %s)",
+            alert.title,
+            alert.pipeline,
+            until.isoformat(),
+            SILENCE_VARIABLE,
+        )
+        return {}
+    results = deliver(alert, routes, context)
+    if any(error is None for error in results.values()):
+        incidents.opened(alert)
+    return results
+
+
+def recover(alert: Alert, routes: Sequence[Route], context: Mapping[str, Any]) -> dict[str, str | None]:
+    state = incidents.is_open(alert.pipeline)
+    if state is False:
+        return {}
+    # Unknown state (the Variable could not be read): resolve anyway, PagerDuty ignores unknown keys,
+    # but do not post a recovery nobody was told about.
+    targets = routes if state else [r for r in routes if r.kind == "pagerduty"]
+    results = deliver(alert, targets, context)
+    incidents.closed(alert.pipeline)
+    return results
+
+
+def deliver(alert: Alert, routes: Sequence[Route], context: Mapping[str, Any]) -> dict[str, str | None]:
+    """Send `alert` through each route; {route kind: None if delivered, else why not}. Never raises."""
+    results: dict[str, str | None] = {}
+    for route in routes:
+        try:
+            check_connection(route)
+            notifier(alert, route).notify(dict(context))
+        except Exception as err:
+            results[route.kind] = reason = f"{type(err).__name__}: {alert_content.error_summary(err) or err}"
+            log.error(
+                "Alert %r for pipeline %s NOT delivered via %s (connection %r): %s",
+                alert.title,
+                alert.pipeline,
+                route.kind,
+                route.conn_id,
+                reason,
+            )
+        else:
+            results[route.kind] = None
+            log.info("Alert %r sent via %s (connection %r)", alert.title, route.kind, route.conn_id)
+    return results
+
+
+def check_connection(route: Route) -> None:
+    """At alert time every connection can be read: refuse one whose type cannot carry the route."""
+    from airflow.sdk import BaseHook
+
+    conn_type = BaseHook.get_connection(route.conn_id).conn_type
+    if conn_type not in ROUTE_CONN_TYPES[route.kind]:
+        raise ValueError(
+            f"connection {route.conn_id!r} has type {conn_type!r}; a {route.kind} route needs "
+            f"{' or '.join(map(repr, ROUTE_CONN_TYPES[route.kind]))}"
+        )
+
+
+def notifier(alert: Alert, route: Route) -> Any:
+    """The provider's notifier for one route, filled with the alert's content."""
+    if route.kind == "slack":
+        from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+        text = alert.slack_line() if alert.event == "task_retry" else alert.slack_text(route.severity)
+        blocks = None if alert.event == "task_retry" else alert.slack_blocks(route.severity)
+        return SlackWebhookNotifier(
+            slack_webhook_conn_id=route.conn_id, text=text, blocks=blocks, timeout=DELIVERY_TIMEOUT
+        )
+    if route.kind == "pagerduty":
+        return PagerdutyEventsNotifier(
+            pagerduty_events_conn_id=route.conn_id,
+            summary=alert.summary,
+            severity=route.severity,
+            source=urlsplit(alert.base_url).netloc or "airflow",
+            action="resolve" if alert.event == "recovered" else "trigger",
+            dedup_key=dedup_key(alert.pipeline),
+            custom_details=alert.pagerduty_details(),
+            group=alert.pipeline,
+            component=alert.task_id or "dag_run",
+            class_type=alert.event,
+            links=alert.pagerduty_links(),
+        )
+    if route.kind == "email":
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+        return SmtpNotifier(
+            to=list(route.to),
+            subject=alert.email_subject,
+            html_content=alert.email_html(),
+            smtp_conn_id=route.conn_id,
+        )
+    raise ValueError(f"unknown alert route {route.kind!r}")
+
+
+class PagerdutyEventsNotifier(PagerdutyNotifier):
+    """The provider's PagerDuty notifier, sent through its async Events API hook.
+
+    The provider's sync path uses a client fixed to https://events.pagerduty.com; the async hook
+    takes a base URL, so the connection's host can name the EU service region
+    (https://events.eu.pagerduty.com), a proxy, or the local receiver. No host: PagerDuty US.
+    """
+
+    def notify(self, context: Any) -> None:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(self.pagerduty_events_conn_id)
+        hook = self.hook_async
+        hook.integration_key = conn.password or None  # read once, synchronously, from the connection
+        if conn.host:
+            hook.base_url = (conn.host if "://" in conn.host else f"https://{conn.host}").rstrip("/")
+        _run_sync(self.async_notify(context))
+
+
+def _run_sync(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine from synchronous callback code, with the delivery timeout."""
+    bounded = asyncio.wait_for(coro, DELIVERY_TIMEOUT * 2)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(bounded)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # inside a running loop: give it its own
+        return pool.submit(asyncio.run, bounded).result()
+
+
+# -- silence and open incidents (Airflow Variables, read at alert time) ----------------------------
+
+
+def silenced_until(pipeline: str, now: datetime | None = None) -> datetime | None:
+    """When the pipeline's failure alerts are silenced until, per the Variable `elt_alerting_silence`."""
+    from airflow.sdk import Variable
+
+    try:
+        raw = Variable.get(SILENCE_VARIABLE, default=None)
+        value = json.loads(raw).get(pipeline) if raw else None
+        if value is None or value is False:
+            return None
+        until = datetime.max.replace(tzinfo=UTC) if value is True else datetime.fromisoformat(str(value))
+    except Exception as err:
+        log.warning("Ignoring Variable %s (%s); alerts are not silenced", SILENCE_VARIABLE, err)
+        return None
+    until = until if until.tzinfo else until.replace(tzinfo=UTC)
+    return until if until > (now or datetime.now(UTC)) else None
+
+
+class Incidents:
+    """Open PagerDuty incidents per pipeline, as Airflow Variables (visible and deletable in the UI)."""
+
+    def key(self, pipeline: str) -> str:
+        return f"{INCIDENT_VARIABLE_PREFIX}{pipeline}"
+
+    def opened(self, alert: Alert) -> None:
+        from airflow.sdk import Variable
+
+        marker = {
+            "dedup_key": dedup_key(alert.pipeline),
+            "opened_at": datetime.now(UTC).isoformat(),
+            "run_id": alert.run_id,
+            "task_id": alert.task_id,
+            "event": alert.event,
+        }
+        try:
+            if self.is_open(alert.pipeline):
+                return  # keep the first cause: that is when the incident started
+            Variable.set(self.key(alert.pipeline), json.dumps(marker), description="open on-call incident")
+        except Exception as err:
+            log.warning("Could not record the open incident of %s: %s", alert.pipeline, err)
+
+    def is_open(self, pipeline: str) -> bool | None:
+        """True/False, or None when it cannot be known."""
+        from airflow.sdk import Variable
+
+        try:
+            return Variable.get(self.key(pipeline), default=None) is not None
+        except Exception as err:
+            log.warning("Could not read the incident state of %s: %s", pipeline, err)
+            return None
+
+    def closed(self, pipeline: str) -> None:
+        from airflow.sdk import Variable
+
+        try:
+            Variable.delete(self.key(pipeline))
+        except Exception as err:
+            log.warning("Could not clear the incident state of %s: %s", pipeline, err)
+
+
+incidents = Incidents()

@@ -43,7 +43,12 @@ def run_window(dag: Any, dag_run: Any) -> tuple[str, str]:
     timetable = getattr(dag, "timetable", None)
     run_after = getattr(dag_run, "run_after", None)
     if isinstance(timetable, CronDataIntervalTimetable) and run_after is not None:
-        interval = timetable.infer_manual_data_interval(run_after=run_after)
+        # The SDK's timetable only describes the schedule; the core one does the arithmetic.
+        from airflow.timetables.interval import CronDataIntervalTimetable as Schedule
+
+        interval = Schedule(timetable.expression, timetable.timezone).infer_manual_data_interval(
+            run_after=run_after
+        )
         return interval.start.isoformat(), interval.end.isoformat()
     return "", ""
 

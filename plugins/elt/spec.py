@@ -70,7 +70,9 @@ class Airbyte(_Model):
     connections: list[AirbyteConnection] = Field(min_length=1)
     poll_interval: timedelta = Field(default=timedelta(seconds=5), description="how often the wait polls")
     request_timeout: timedelta = Field(default=timedelta(seconds=30), description="per HTTP request")
-    sync_timeout: timedelta = Field(default=timedelta(hours=2), description="a sync running longer is cancelled")
+    sync_timeout: timedelta = Field(
+        default=timedelta(hours=2), description="a sync running longer is cancelled"
+    )
 
     @field_validator("poll_interval")
     @classmethod
@@ -108,6 +110,13 @@ class Alerts(_Model):
     pagerduty: AlertRoute | None = None
     email: EmailRoute | None = None
 
+    @field_validator("pagerduty")
+    @classmethod
+    def _retries_never_page(cls, value: AlertRoute | None) -> AlertRoute | None:
+        if value is not None and value.notify_retries:
+            raise ValueError("notify_retries is for Slack and email: a retry never pages")
+        return value
+
 
 class Backfill(_Model):
     sync: Literal["always", "if_behind", "never"] = Field(
@@ -138,7 +147,9 @@ class PipelineSpec(_Model):
     airbyte: Airbyte
     dbt: Dbt
     alerts: Alerts = Alerts()
-    deadline: timedelta | None = Field(default=None, description="page when a run is not done this long after its interval ends")
+    deadline: timedelta | None = Field(
+        default=None, description="page when a run is not done this long after its interval ends"
+    )
     backfill: Backfill = Backfill()
     limits: Limits = Limits()
     doc: str | None = Field(default=None, description="extra notes for the DAG's documentation")
@@ -182,7 +193,9 @@ class PipelineSpec(_Model):
 
     @model_validator(mode="after")
     def _alerts_need_routes_for_critical(self) -> PipelineSpec:
-        if self.deadline is not None and not any((self.alerts.slack, self.alerts.pagerduty, self.alerts.email)):
+        if self.deadline is not None and not any(
+            (self.alerts.slack, self.alerts.pagerduty, self.alerts.email)
+        ):
             raise ValueError("a deadline needs at least one alert route (alerts.slack, .pagerduty or .email)")
         return self
 
@@ -248,6 +261,14 @@ def load_spec(path: Path, manifest: Path | None = None) -> PipelineSpec:
                 f"{_display(path)}: field 'name': pipeline name {spec.name!r} is already used by "
                 f"{_display(other)} (each pipeline name is a dag_id and must be unique)"
             )
+    from elt.alerting import connection_type_problems
+
+    problems = connection_type_problems(spec.alerts)
+    if problems:
+        raise SpecError(
+            f"{_display(path)}: invalid pipeline spec\n"
+            + "\n".join(f"  field '{field}': {message}" for field, message in problems)
+        )
     selectors = dbt_selectors(manifest or paths.DBT_MANIFEST)
     if spec.dbt.selector not in selectors:
         raise SpecError(

@@ -62,6 +62,9 @@ def test_policies(dagbag: DagBag) -> None:
         for task in dag.tasks:
             assert set(task.owner.split(", ")) <= OWNERS, (dag.dag_id, task.task_id, task.owner)
             assert task.retries >= 1, (dag.dag_id, task.task_id)
+            assert task.on_failure_callback, f"{dag.dag_id}.{task.task_id}: no on-call alert on failure"
+        assert dag.on_failure_callback and dag.on_success_callback, dag.dag_id
+        assert dag.deadline, f"{dag.dag_id}: no deadline alert"
 
 
 def test_windowed_pipelines_have_real_data_intervals(dagbag: DagBag) -> None:

@@ -88,7 +88,23 @@ BROKEN = [
     ),
     ("schedul", "@daily", "field 'schedul': unknown field"),
     ("deadline", "PT0S", "field 'deadline': Value error, must be a positive duration"),
+    (
+        "alerts.pagerduty.notify_retries",
+        True,
+        "field 'alerts.pagerduty': Value error, notify_retries is for Slack",
+    ),
+    ("alerts.email.to", ["not-an-address"], "field 'alerts.email.to.0': String should match pattern"),
 ]
+
+
+def test_route_with_a_connection_of_the_wrong_type(tmp_path: Path, manifest: Path, monkeypatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", '{"conn_type": "postgres", "host": "db"}')
+    path = write(tmp_path, "energy_meters", VALID)
+    with pytest.raises(
+        SpecError,
+        match=r"energy_meters.yaml: invalid pipeline spec\n  field 'alerts.slack.conn_id': connection 'slack_alerts' .* has type 'postgres'",
+    ):
+        load_spec(path, manifest)
 
 
 @pytest.mark.parametrize(("field", "value", "message"), BROKEN, ids=[f"{b[0]}={b[1]!r}" for b in BROKEN])

@@ -1,0 +1,271 @@
+"""On-call alerting end to end: real Airflow runs page real (local) receivers.
+
+The shipped pipelines carry no alert routes to a local receiver and no one-minute deadline, so this
+module runs its own stack (like test_stack.py: a separate STACK_HOME on other ports) whose
+pipelines are the shipped specs plus alert routes, one retry after 5 s, and, for ecommerce_sales,
+a 45-second deadline. The receivers (dev.receivers) run in this process.
+
+Scenarios, in order (they share the stack and the pipelines' incident state):
+1. the local Airbyte fails the energy job -> the run fails, exactly one PagerDuty trigger and one
+   Slack message, both with the Airbyte job id;
+2. the next successful run -> exactly one PagerDuty resolve, and the recovery in Slack;
+3. a dbt test fails -> a retry line, then the page names the failing test;
+4. a deadline shorter than the run -> a page while the run is still running;
+5. the receivers are down -> the run is still failed and the task log says why the alert was not delivered.
+
+ALERTING_E2E_STACK_HOME reuses (and leaves running) a stack started earlier with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import yaml
+
+from dev.airflow_client import AirflowClient
+from dev.receivers import Receivers
+from tests.conftest import read_stack_env
+
+REPO = Path(__file__).resolve().parents[2]
+PORTS = {
+    "STACK_PG_PORT": "56120",
+    "STACK_AIRFLOW_PORT": "18180",
+    "STACK_AIRBYTE_PORT": "18101",
+    "STACK_METER_PORT": "18111",
+}
+HTTP_PORT, SMTP_PORT = 18025, 18026
+ENERGY, ECOMMERCE = "energy_meters", "ecommerce_sales"
+CONNECTION = {
+    ENERGY: "4d2f7268-e2ac-4fa7-a3a6-97286f22d617",
+    ECOMMERCE: "c19e6614-68eb-489d-94b1-58e56dfa934e",
+}
+BAD_ROW_ID = "alerting-e2e-bad-row"
+
+pytestmark = pytest.mark.stack
+
+
+def pipelines(directory: Path) -> Path:
+    routes = {
+        "slack": {"conn_id": "slack_alerts", "severity": "critical", "notify_retries": True},
+        "pagerduty": {"conn_id": "pagerduty_alerts", "severity": "critical"},
+        "email": {"conn_id": "smtp_alerts", "to": ["oncall@example.com"]},
+    }
+    for name in (ENERGY, ECOMMERCE):
+        spec = yaml.safe_load((REPO / "include" / "pipelines" / f"{name}.yaml").read_text())
+        spec["alerts"] = routes
+        spec["limits"] = {**spec.get("limits", {}), "retries": 1, "retry_delay": "PT5S"}
+        if name == ECOMMERCE:
+            spec["deadline"] = "PT45S"
+        (directory / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def receivers() -> Iterator[Receivers]:
+    running = Receivers("127.0.0.1", HTTP_PORT, SMTP_PORT).start()
+    yield running
+    running.stop()  # idempotent: scenario 5 stops them early
+
+
+@pytest.fixture(scope="module")
+def stack_env(tmp_path_factory: pytest.TempPathFactory, receivers: Receivers) -> Iterator[dict[str, str]]:
+    reuse = os.environ.get("ALERTING_E2E_STACK_HOME")
+    home = Path(reuse) if reuse else tmp_path_factory.mktemp("alerting-stack")
+    for parent in [home, *home.parents]:  # Postgres runs as an unprivileged user
+        if parent != Path("/"):
+            parent.chmod(parent.stat().st_mode | 0o055)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))}
+    env.update(
+        PORTS, STACK_HOME=str(home), ELT_PIPELINES_DIR=str(pipelines(tmp_path_factory.mktemp("pipelines")))
+    )
+    env.update({f"AIRFLOW_CONN_{k.upper()}": json.dumps(v) for k, v in receivers.connections().items()})
+    stack = [sys.executable, "-m", "dev.stack"]
+    already_up = subprocess.run([*stack, "status"], cwd=REPO, env=env, capture_output=True).returncode == 0
+    if not already_up:
+        up = subprocess.run([*stack, "up"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert up.returncode == 0, f"stack did not start:\n{up.stdout[-3000:]}\n{up.stderr[-3000:]}"
+    yield read_stack_env(home / "stack.env")
+    if not already_up:
+        subprocess.run([*stack, "down"], cwd=REPO, env=env, capture_output=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def client(stack_env: dict[str, str]) -> AirflowClient:
+    airflow = AirflowClient.from_env(stack_env)
+    airflow.wait_for_dags([ENERGY, ECOMMERCE])
+    return airflow
+
+
+@pytest.fixture(scope="module")
+def airbyte(stack_env: dict[str, str]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack_env["LOCAL_AIRBYTE_URL"], timeout=30) as api:
+        api.delete("/local/faults").raise_for_status()
+        yield api
+        api.delete("/local/faults").raise_for_status()
+
+
+@pytest.fixture
+def recorded(receivers: Receivers) -> Callable[[], dict[str, list[dict[str, Any]]]]:
+    receivers.recorder.clear()
+    return lambda: receivers.recorder.snapshot()
+
+
+def start_run(client: AirflowClient, dag_id: str) -> str:
+    """Unpause (the scheduler then runs the latest interval) or, once unpaused, trigger a run."""
+    if client.get(f"/api/v2/dags/{dag_id}")["is_paused"]:
+        before = {r["dag_run_id"] for r in client.get(f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]}
+        client.unpause(dag_id)
+        for _ in range(15):
+            new = [
+                r
+                for r in client.get(f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]
+                if r["dag_run_id"] not in before
+            ]
+            if new:
+                return new[0]["dag_run_id"]
+            time.sleep(2)
+    return client.trigger(dag_id)
+
+
+def settle(recorded: Callable[[], dict], seconds: float = 20) -> dict[str, list[dict[str, Any]]]:
+    """What arrived once the run's callbacks (worker and dag-processor) have had time to run."""
+    time.sleep(seconds)
+    return recorded()
+
+
+def pages(got: dict, action: str) -> list[dict[str, Any]]:
+    return [e["body"] for e in got["pagerduty"] if e["body"]["event_action"] == action]
+
+
+def task_log(client: AirflowClient, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+    path = (
+        f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
+        f"/logs/{try_number}?full_content=true"
+    )
+    return json.dumps(client.get(path))
+
+
+def test_a_failed_airbyte_job_fails_the_run_and_pages_once_with_the_job_id(
+    client: AirflowClient, airbyte: httpx.Client, recorded: Callable[[], dict]
+) -> None:
+    airbyte.post(
+        "/local/faults/fail-next-job",
+        json={"connectionId": CONNECTION[ENERGY], "message": "injected by alerting e2e"},
+    ).raise_for_status()
+    run_id = start_run(client, ENERGY)
+    assert client.wait_for_run(ENERGY, run_id, timeout=600)["state"] == "failed"
+    quoted = urllib.request.quote(run_id, safe="")
+    job_id = client.get(
+        f"/api/v2/dags/{ENERGY}/dagRuns/{quoted}/taskInstances/airbyte_energy.sync/xcomEntries/return_value"
+    )["value"]
+
+    got = settle(recorded)
+    triggers = pages(got, "trigger")
+    assert len(triggers) == 1, got["pagerduty"]
+    assert triggers[0]["dedup_key"] == f"elt/{ENERGY}"
+    assert triggers[0]["payload"]["custom_details"]["airbyte_job"] == str(job_id)
+    assert f"Airbyte job {job_id}" in triggers[0]["payload"]["summary"]
+    assert len(got["slack"]) == 1, got["slack"]
+    slack = got["slack"][0]["body"]["text"]
+    assert str(job_id) in slack and f"jobId={job_id}" in slack and "airbyte_energy.wait" in slack
+    assert len(got["email"]) == 1
+
+
+def test_the_next_successful_run_resolves_the_incident_once(
+    client: AirflowClient, recorded: Callable[[], dict]
+) -> None:
+    run_id = start_run(client, ENERGY)
+    assert client.wait_for_run(ENERGY, run_id, timeout=900)["state"] == "success"
+
+    got = settle(recorded)
+    assert pages(got, "trigger") == []
+    resolves = pages(got, "resolve")
+    assert len(resolves) == 1 and resolves[0]["dedup_key"] == f"elt/{ENERGY}"
+    assert [m["body"]["text"] for m in got["slack"] if "recovered" in m["body"]["text"]]
+
+
+@pytest.fixture
+def failing_dbt_test(stack_env: dict[str, str]) -> Iterator[str]:
+    """A raw reading without a meter id: stg_energy_meters__muid_1's not_null test on meter_muid fails."""
+    with psycopg.connect(stack_env["WAREHOUSE_URL"], autocommit=True) as conn:
+        conn.execute(
+            """insert into raw_energy.muid_1 (measurement, "timestamp", tags, _airbyte_raw_id,
+                   _airbyte_extracted_at, _airbyte_meta, _airbyte_generation_id)
+               values ('energy', '1999-01-01T00:15:00.000Z', '{"quality": "measured"}', %s, now(), '{}', 0)""",
+            (BAD_ROW_ID,),
+        )
+    yield "not_null_stg_energy_meters__muid_1_meter_muid"
+    with psycopg.connect(stack_env["WAREHOUSE_URL"], autocommit=True) as conn:
+        conn.execute("delete from raw_energy.muid_1 where _airbyte_raw_id = %s", (BAD_ROW_ID,))
+
+
+def test_a_failing_dbt_test_is_named_in_the_page(
+    client: AirflowClient, failing_dbt_test: str, recorded: Callable[[], dict]
+) -> None:
+    run_id = start_run(client, ENERGY)
+    assert client.wait_for_run(ENERGY, run_id, timeout=900)["state"] == "failed"
+
+    got = settle(recorded)
+    triggers = pages(got, "trigger")
+    assert len(triggers) == 1, got["pagerduty"]
+    details = triggers[0]["payload"]["custom_details"]
+    assert details["failing_dbt_test"].startswith(failing_dbt_test), details
+    assert "target/compiled/managed_elt/models/staging/energy_meters" in details["failing_dbt_test"]
+    assert details["try"] == "2 of 2 (no retries left)"
+    texts = [m["body"]["text"] for m in got["slack"]]
+    assert any("will retry" in t for t in texts), texts  # the retry line (notify_retries) came first
+    assert any(failing_dbt_test in t for t in texts)
+
+
+def test_a_run_past_its_deadline_pages_while_it_is_still_running(
+    client: AirflowClient, airbyte: httpx.Client, recorded: Callable[[], dict]
+) -> None:
+    airbyte.post(
+        "/local/faults/hold-jobs", json={"connectionId": CONNECTION[ECOMMERCE], "seconds": 240}
+    ).raise_for_status()
+    run_id = start_run(client, ECOMMERCE)
+    try:
+        paged = []
+        deadline = time.monotonic() + 180
+        while not paged and time.monotonic() < deadline:
+            time.sleep(3)
+            paged = [
+                e for e in pages(recorded(), "trigger") if e["payload"].get("class") == "deadline_missed"
+            ]
+        assert paged, "no deadline page within 180 s"
+        assert client.run(ECOMMERCE, run_id)["state"] == "running"
+        assert paged[0]["dedup_key"] == f"elt/{ECOMMERCE}"
+        assert run_id in json.dumps(paged[0])
+    finally:
+        client.patch(
+            f"/api/v2/dags/{ECOMMERCE}/dagRuns/{urllib.request.quote(run_id, safe='')}", {"state": "failed"}
+        )
+        airbyte.delete("/local/faults").raise_for_status()
+
+
+def test_with_the_receivers_down_the_failure_stands_and_the_log_says_why(
+    client: AirflowClient, airbyte: httpx.Client, receivers: Receivers
+) -> None:
+    receivers.stop()
+    airbyte.post(
+        "/local/faults/fail-next-job",
+        json={"connectionId": CONNECTION[ENERGY], "message": "injected by alerting e2e"},
+    ).raise_for_status()
+    run_id = start_run(client, ENERGY)
+    assert client.wait_for_run(ENERGY, run_id, timeout=600)["state"] == "failed"
+    states = {ti["task_id"]: ti["state"] for ti in client.task_instances(ENERGY, run_id)}
+    assert states["airbyte_energy.wait"] == "failed"
+
+    log = task_log(client, ENERGY, run_id, "airbyte_energy.wait", 1)
+    assert "NOT delivered via pagerduty" in log and "NOT delivered via slack" in log, log[-3000:]

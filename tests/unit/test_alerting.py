@@ -1,0 +1,405 @@
+"""On-call alerting against real receivers on 127.0.0.1: the providers' notifiers post to the local
+Slack webhook / PagerDuty Events v2 server and send mail to a local SMTP server (dev.receivers).
+
+The callbacks are the ones the DAG factory installs, called with the context Airflow gives them;
+only the open-incident store (Airflow Variables, which need a running Airflow) is in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from airflow.sdk import DAG
+from airflow.sdk.exceptions import AirflowFailException
+from cosmos.dbt.runner import handle_exception_if_needed
+from cosmos.exceptions import CosmosDbtRunError
+
+from dev.receivers import Receivers
+from elt import alerting
+from elt.dag_factory import dag_from_spec
+from elt.spec import PipelineSpec, SpecError
+
+BASE_URL = "http://airflow.test:8080"
+PIPELINE = "energy_meters"
+RUN_ID = "scheduled__2023-02-01T03:00:00+00:00"
+INTERVAL = (datetime(2023, 2, 1, 3, tzinfo=UTC), datetime(2023, 2, 2, 3, tzinfo=UTC))
+
+
+def spec_data(**alerts: Any) -> dict[str, Any]:
+    return {
+        "name": PIPELINE,
+        "description": "Smart-meter readings into raw_energy, then energy marts.",
+        "owners": ["energy-analytics"],
+        "tags": ["energy", "tier-1"],
+        "schedule": "0 3 * * *",
+        "start_date": "2023-02-01",
+        "airbyte": {
+            "connections": [
+                {
+                    "id": "4d2f7268-e2ac-4fa7-a3a6-97286f22d617",
+                    "name": "energy",
+                    "destination_schema": "raw_energy",
+                    "streams": ["muid_1", "muid_2"],
+                }
+            ]
+        },
+        "dbt": {"selector": "energy"},
+        "alerts": alerts
+        or {
+            "slack": {"conn_id": "slack_alerts", "severity": "critical", "notify_retries": True},
+            "pagerduty": {"conn_id": "pagerduty_alerts", "severity": "critical"},
+            "email": {"conn_id": "smtp_alerts", "to": ["oncall@example.com"]},
+        },
+        "deadline": "PT2H",
+    }
+
+
+class MemoryIncidents(alerting.Incidents):
+    """The open-incident store without an Airflow runtime (Variables need the supervisor)."""
+
+    def __init__(self) -> None:
+        self.open: dict[str, dict] = {}
+        self.unknown = False
+
+    def opened(self, alert: Any) -> None:
+        self.open.setdefault(alert.pipeline, {"run_id": alert.run_id})
+
+    def is_open(self, pipeline: str) -> bool | None:
+        return None if self.unknown else pipeline in self.open
+
+    def closed(self, pipeline: str) -> None:
+        self.open.pop(pipeline, None)
+
+
+@pytest.fixture(scope="module")
+def receivers() -> Iterator[Receivers]:
+    with Receivers("127.0.0.1", 0, 0) as running, pytest.MonkeyPatch.context() as mp:
+        for conn_id, conn in running.connections().items():
+            mp.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        mp.setenv("AIRFLOW__API__BASE_URL", BASE_URL)
+        yield running
+
+
+@pytest.fixture
+def recorded(receivers: Receivers, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """What the receivers got during the test; starts empty, with no open incident and no silence."""
+    httpx.delete(f"{receivers.http_url}/recorded").raise_for_status()
+    httpx.delete(f"{receivers.http_url}/faults").raise_for_status()
+    monkeypatch.setattr(alerting, "incidents", MemoryIncidents())
+    monkeypatch.delenv("AIRFLOW_VAR_ELT_ALERTING_SILENCE", raising=False)
+    yield lambda: httpx.get(f"{receivers.http_url}/recorded").json()
+
+
+@pytest.fixture(scope="module")
+def dag(receivers: Receivers) -> DAG:
+    return dag_from_spec(PipelineSpec.model_validate(spec_data()))
+
+
+def task_context(dag: DAG, task_id: str, error: BaseException | None, try_number: int = 1) -> dict[str, Any]:
+    """The parts of Airflow's task context the callbacks read (what the worker passes them)."""
+    task = dag.get_task(task_id)
+    ti = SimpleNamespace(
+        dag_id=dag.dag_id,
+        run_id=RUN_ID,
+        task_id=task_id,
+        map_index=-1,
+        try_number=try_number,
+        max_tries=task.retries,
+        task=task,
+    )
+    dag_run = SimpleNamespace(
+        dag_id=dag.dag_id, run_id=RUN_ID, data_interval_start=INTERVAL[0], data_interval_end=INTERVAL[1]
+    )
+    return {"ti": ti, "task_instance": ti, "task": task, "dag": dag, "dag_run": dag_run, "exception": error}
+
+
+def run_callbacks(callbacks: Any, context: dict[str, Any]) -> None:
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        callback(context)
+
+
+def fail_airbyte_wait(dag: DAG) -> dict[str, Any]:
+    """The wait sensor after its Airbyte job failed: elt.airbyte set job_url, the job id came from XCom."""
+    context = task_context(
+        dag, "airbyte_energy.wait", AirflowFailException("Airbyte job 42 failed: injected failure")
+    )
+    task = context["task"]
+    task.airbyte_job_id = 42  # rendered from the sync task's XCom at run time
+    task.job_url = "http://127.0.0.1:8000/connections/4d2f7268-e2ac-4fa7-a3a6-97286f22d617/timeline?jobId=42"
+    return context
+
+
+def test_final_failure_of_an_airbyte_task_pages_every_route_once(dag: DAG, recorded: Any) -> None:
+    context = fail_airbyte_wait(dag)
+    run_callbacks(context["task"].on_failure_callback, context)
+
+    got = recorded()
+    assert [len(got[k]) for k in ("slack", "pagerduty", "email")] == [1, 1, 1]
+    event = got["pagerduty"][0]["body"]
+    assert event["event_action"] == "trigger"
+    assert event["dedup_key"] == f"elt/{PIPELINE}"
+    assert event["routing_key"] == "local-routing-key"
+    payload = event["payload"]
+    assert payload["severity"] == "critical"
+    assert "Airbyte job 42" in payload["summary"]
+    details = payload["custom_details"]
+    assert details["airbyte_job"] == "42"
+    assert details["try"] == "1 of 3 (not retryable)"
+    assert details["data_interval"] == "2023-02-01T03:00:00+00:00 → 2023-02-02T03:00:00+00:00"
+    run_url = f"{BASE_URL}/dags/{PIPELINE}/runs/scheduled__2023-02-01T03%3A00%3A00%2B00%3A00"
+    links = {link["text"]: link["href"] for link in event["links"]}
+    assert links["Task log"] == f"{run_url}/tasks/airbyte_energy.wait?try_number=1"
+    assert links["DAG run"] == run_url
+    assert links["Airbyte job 42"].endswith("timeline?jobId=42")
+
+    slack = got["slack"][0]["body"]["text"]
+    for expected in (
+        "[critical]",
+        "airbyte_energy.wait",
+        RUN_ID,
+        "Airbyte job",
+        "42",
+        "jobId=42",
+        "try_number=1",
+    ):
+        assert expected in slack
+    mail = got["email"][0]
+    assert mail["rcpt_tos"] == ["oncall@example.com"]
+    assert mail["subject"] == f"[ALERT] {PIPELINE}: task airbyte_energy.wait failed"
+    assert "AirflowFailException: Airbyte job 42 failed: injected failure" in mail["html"]
+
+
+def test_a_retry_posts_one_low_severity_slack_line_and_never_pages(dag: DAG, recorded: Any) -> None:
+    context = task_context(dag, "airbyte_energy.sync", RuntimeError("Airbyte API answered 503"), try_number=1)
+    run_callbacks(context["task"].on_retry_callback, context)
+
+    got = recorded()
+    assert (len(got["slack"]), len(got["pagerduty"]), len(got["email"])) == (1, 0, 0)
+    line = got["slack"][0]["body"]["text"]
+    assert "will retry" in line and "try 1 of 3" in line and "503" in line
+    assert "blocks" not in got["slack"][0]["body"]
+
+
+def failing_dbt_result(test: str = "not_null_fct_energy_daily_meter_muid") -> SimpleNamespace:
+    """A dbtRunnerResult of `dbt build` where a test failed (the fields Cosmos reads)."""
+    result = SimpleNamespace(
+        status="fail",
+        node=SimpleNamespace(name=test),
+        message="Got 3 results, configured to fail if != 0",
+    )
+    passed = SimpleNamespace(
+        status="success", node=SimpleNamespace(name="fct_energy_daily"), message="SELECT 10"
+    )
+    return SimpleNamespace(success=False, exception=None, result=SimpleNamespace(results=[passed, result]))
+
+
+def test_dbt_failure_names_the_failing_test_and_its_compiled_sql(dag: DAG, recorded: Any) -> None:
+    with pytest.raises(CosmosDbtRunError) as raised:
+        handle_exception_if_needed(failing_dbt_result())  # Cosmos's own error text
+    context = task_context(dag, "dbt.fct_energy_daily_model_build", raised.value, try_number=3)
+    compiled = "target/compiled/managed_elt/models/marts/energy/_energy__models.yml/not_null_fct_energy_daily_meter_muid.sql"
+    context[
+        "task"
+    ].compiled_sql = f"-- target/compiled/managed_elt/models/marts/energy/fct_energy_daily.sql\nselect 1\n\n-- {compiled}\nselect 2"
+    run_callbacks(context["task"].on_failure_callback, context)
+
+    got = recorded()
+    details = got["pagerduty"][0]["body"]["payload"]["custom_details"]
+    assert details["failing_dbt_test"] == f"not_null_fct_energy_daily_meter_muid (compiled SQL: {compiled})"
+    assert details["try"] == "3 of 3 (no retries left)"
+    assert "dbt not_null_fct_energy_daily_meter_muid" in got["pagerduty"][0]["body"]["payload"]["summary"]
+    assert "not_null_fct_energy_daily_meter_muid" in got["slack"][0]["body"]["text"]
+    assert "rendered_templates" in got["slack"][0]["body"]["text"]
+
+
+def test_dbt_failure_without_compiled_sql_points_at_the_manifest_path(dag: DAG, recorded: Any) -> None:
+    test = "relationships_fct_energy_daily_meter_muid__meter_muid__ref_dim_meters_"
+    with pytest.raises(CosmosDbtRunError) as raised:
+        handle_exception_if_needed(failing_dbt_result(test))
+    context = task_context(dag, "dbt.fct_energy_daily_model_build", raised.value, try_number=3)
+    context["task"].compiled_sql = ""
+    run_callbacks(context["task"].on_failure_callback, context)
+    details = recorded()["pagerduty"][0]["body"]["payload"]["custom_details"]
+    # dbt names the compiled file of a long test name with a hash; the manifest knows which.
+    assert details["failing_dbt_test"] == (
+        f"{test} (compiled SQL: target/compiled/managed_elt/models/marts/energy/_energy__models.yml/"
+        "relationships_fct_energy_daily_dbd90a9fa704c7dd695c04cb6bea017d.sql)"
+    )
+
+
+def test_error_summary_masks_secrets_and_is_not_rendered_as_a_template(dag: DAG, recorded: Any) -> None:
+    from airflow.sdk.log import mask_secret
+
+    mask_secret("s3cr3t-known-to-airflow")
+    error = RuntimeError(
+        "login failed for postgresql://elt:hunter2@127.0.0.1:5432/warehouse with s3cr3t-known-to-airflow "
+        "token=abc123 {{ conn.warehouse.password }}"
+    )
+    context = task_context(dag, "airbyte_energy.sync", error, try_number=3)
+    run_callbacks(context["task"].on_failure_callback, context)
+
+    got = json.dumps(recorded())
+    for secret in ("hunter2", "s3cr3t-known-to-airflow", "abc123"):
+        assert secret not in got
+    assert "{{ conn.warehouse.password }}" in got  # shown as text, never evaluated
+
+
+def test_a_run_failed_by_a_task_does_not_page_again_but_a_timed_out_run_does(dag: DAG, recorded: Any) -> None:
+    run = {"dag": dag, "run_id": RUN_ID, "dag_run": task_context(dag, "airbyte_energy.sync", None)["dag_run"]}
+    run_callbacks(dag.on_failure_callback, {**run, "reason": "task_failure"})
+    assert recorded() == {"slack": [], "pagerduty": [], "email": []}
+
+    run_callbacks(dag.on_failure_callback, {**run, "reason": "timed_out"})
+    got = recorded()
+    assert (len(got["slack"]), len(got["pagerduty"]), len(got["email"])) == (1, 1, 1)
+    assert "dagrun_timeout" in got["pagerduty"][0]["body"]["payload"]["summary"]
+    assert got["pagerduty"][0]["body"]["dedup_key"] == f"elt/{PIPELINE}"
+
+
+def test_the_next_success_resolves_the_incident_once_and_posts_the_recovery(dag: DAG, recorded: Any) -> None:
+    failing = fail_airbyte_wait(dag)
+    run_callbacks(failing["task"].on_failure_callback, failing)
+    run_callbacks(failing["task"].on_failure_callback, failing)  # a second failing task: same incident
+    success = {"dag": dag, "run_id": "manual__2023-02-02", "reason": "success"}
+    run_callbacks(dag.on_success_callback, success)
+    run_callbacks(dag.on_success_callback, success)  # nothing open any more: quiet
+
+    got = recorded()
+    actions = [(e["body"]["event_action"], e["body"]["dedup_key"]) for e in got["pagerduty"]]
+    assert actions == [("trigger", f"elt/{PIPELINE}")] * 2 + [("resolve", f"elt/{PIPELINE}")]
+    assert len(got["slack"]) == 3
+    assert "recovered" in got["slack"][-1]["body"]["text"]
+    assert got["email"][-1]["subject"] == f"[RECOVERED] {PIPELINE}: recovered"
+
+
+def test_unknown_incident_state_still_resolves_pagerduty_but_posts_nothing(dag: DAG, recorded: Any) -> None:
+    alerting.incidents.unknown = True
+    run_callbacks(dag.on_success_callback, {"dag": dag, "run_id": "manual__x", "reason": "success"})
+    got = recorded()
+    assert [e["body"]["event_action"] for e in got["pagerduty"]] == ["resolve"]
+    assert got["slack"] == [] and got["email"] == []
+
+
+def test_missed_deadline_pages_from_the_triggerer_callback(dag: DAG, recorded: Any) -> None:
+    (deadline,) = dag.deadline
+    assert deadline.interval == timedelta(hours=2)
+    assert type(deadline.reference).__name__ == "DagRunQueuedAtDeadline"
+    context = {  # what Deadline.handle_miss gives the callback
+        "dag_run": {
+            "dag_id": PIPELINE,
+            "dag_run_id": RUN_ID,
+            "state": "running",
+            "data_interval_start": INTERVAL[0].isoformat(),
+            "data_interval_end": INTERVAL[1].isoformat(),
+        },
+        "deadline": {"id": "0199", "deadline_time": datetime(2023, 2, 2, 5, tzinfo=UTC)},
+    }
+    results = asyncio.run(alerting.deadline_missed(**deadline.callback.kwargs, context=context))
+
+    assert results == {"slack": None, "pagerduty": None, "email": None}
+    got = recorded()
+    event = got["pagerduty"][0]["body"]
+    assert (event["event_action"], event["dedup_key"], event["payload"]["class"]) == (
+        "trigger",
+        f"elt/{PIPELINE}",
+        "deadline_missed",
+    )
+    assert "run is running" in event["payload"]["summary"]
+    assert "missed its deadline" in got["slack"][0]["body"]["text"]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_undeliverable_alert_is_logged_and_never_raises(
+    dag: DAG,
+    recorded: Any,
+    receivers: Receivers,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    down = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PAGERDUTY_ALERTS",
+        json.dumps({"conn_type": "pagerduty_events", "host": down, "password": "k"}),
+    )
+    smtp = receivers.connections()["smtp_alerts"]
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_ALERTS", json.dumps({**smtp, "port": closed_port()}))
+    httpx.post(f"{receivers.http_url}/faults", json={"slack": 503, "count": 1}).raise_for_status()
+    context = fail_airbyte_wait(dag)
+
+    with caplog.at_level(logging.ERROR, logger="elt.alerting"):
+        run_callbacks(context["task"].on_failure_callback, context)  # must not raise
+
+    failures = {r.getMessage().split(" via ")[1].split(" ")[0]: r.getMessage() for r in caplog.records}
+    assert set(failures) == {"slack", "pagerduty", "email"}
+    assert "NOT delivered" in failures["pagerduty"] and "onnect" in failures["pagerduty"]
+    assert "503" in failures["slack"]
+    assert recorded() == {"slack": [], "pagerduty": [], "email": []}
+
+
+def test_a_connection_of_the_wrong_type_is_refused_at_alert_time(
+    dag: DAG, recorded: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SLACK_ALERTS", json.dumps({"conn_type": "http", "host": "http://x", "password": "t"})
+    )
+    context = fail_airbyte_wait(dag)
+    with caplog.at_level(logging.ERROR, logger="elt.alerting"):
+        run_callbacks(context["task"].on_failure_callback, context)
+    assert "connection 'slack_alerts' has type 'http'; a slack route needs 'slackwebhook'" in caplog.text
+    got = recorded()
+    assert (len(got["slack"]), len(got["pagerduty"])) == (0, 1)  # the other routes still page
+
+
+def test_a_route_naming_a_connection_of_the_wrong_type_is_a_spec_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_PAGERDUTY_ALERTS", "smtp://mail.example.com:25")
+    with pytest.raises(SpecError) as raised:
+        dag_from_spec(PipelineSpec.model_validate(spec_data()))
+    message = str(raised.value)
+    assert "field 'alerts.pagerduty.conn_id'" in message
+    assert "has type 'smtp'; a pagerduty route needs a connection of type 'pagerduty_events'" in message
+
+
+def test_a_silenced_pipeline_does_not_alert_until_the_silence_ends(
+    dag: DAG, recorded: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    until = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    monkeypatch.setenv("AIRFLOW_VAR_ELT_ALERTING_SILENCE", json.dumps({PIPELINE: until}))
+    context = fail_airbyte_wait(dag)
+    run_callbacks(context["task"].on_failure_callback, context)
+    assert recorded() == {"slack": [], "pagerduty": [], "email": []}
+
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    monkeypatch.setenv("AIRFLOW_VAR_ELT_ALERTING_SILENCE", json.dumps({PIPELINE: past}))
+    run_callbacks(context["task"].on_failure_callback, context)
+    assert len(recorded()["pagerduty"]) == 1
+
+
+def test_a_pipeline_without_routes_gets_no_callbacks() -> None:
+    data = spec_data()
+    data.pop("deadline")
+    data["alerts"] = {}
+    spec = PipelineSpec.model_validate(data)
+    assert alerting.task_callbacks(spec) == {} and alerting.dag_arguments(spec) == {}
+
+
+def test_pagerduty_connection_without_host_targets_pagerduty_itself() -> None:
+    notifier = alerting.PagerdutyEventsNotifier(summary="s", severity="error", pagerduty_events_conn_id="pd")
+    assert notifier.hook_async.base_url == "https://events.pagerduty.com"
+    assert os.environ.get("AIRFLOW_CONN_PD") is None
