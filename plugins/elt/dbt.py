@@ -85,6 +85,8 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
             # AFTER_EACH, and a failing test still stops the models downstream of it.
             test_behavior=TestBehavior.BUILD,
             emit_datasets=True,
+            # A relationships test reads two models: run it once both are built, as its own task.
+            should_detach_multiple_parents_tests=True,
         ),
         execution_config=ExecutionConfig(
             execution_mode=ExecutionMode.LOCAL, invocation_mode=InvocationMode.DBT_RUNNER

@@ -1,0 +1,234 @@
+"""The Airflow UI in a real browser: login, both pipelines listed, no import errors, one run through
+the UI to success, the dbt task group and the 'Airbyte job' link.
+
+Headless Chromium from Debian's `chromium` package (`make browser`), driven by Playwright's Python
+API; Playwright never downloads a browser here. Screenshots go to artifacts/screenshots/ (git-ignored).
+The run waits up to ELT_UI_RUN_TIMEOUT seconds (default 1800).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from dev.airflow_client import AirflowClient
+
+pytestmark = pytest.mark.stack
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "artifacts" / "screenshots"
+CHROMIUM = Path(os.environ.get("ELT_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PIPELINES = ("energy_meters", "ecommerce_sales")
+TRIGGERED = "energy_meters"
+SYNC_TASK = "airbyte_energy.sync"
+# The UI is slow on a loaded machine (and the first visit compiles nothing but fetches many chunks).
+UI_TIMEOUT_MS = 90_000
+RUN_TIMEOUT = float(os.environ.get("ELT_UI_RUN_TIMEOUT", "1800"))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists() and not shutil.which("chromium"):
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium with `make browser`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def ui(browser, stack: dict[str, str], airflow: AirflowClient) -> Iterator[UI]:
+    airflow.wait_for_dags(list(PIPELINES))
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    ui = UI(page, stack["AIRFLOW_API_URL"])
+    ui.login(stack["AIRFLOW_ADMIN_USER"], stack["AIRFLOW_ADMIN_PASSWORD"])
+    yield ui
+    context.close()
+
+
+class UI:
+    """The few things the tests do in the Airflow UI, with a screenshot after each."""
+
+    def __init__(self, page, base_url: str) -> None:
+        self.page = page
+        self.base_url = base_url.rstrip("/")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    def shot(self, name: str) -> Path:
+        path = SCREENSHOTS / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        return path
+
+    def open(self, path: str, ready_text: str) -> None:
+        """Go to `path` and wait for `ready_text`; reload once if a lazily loaded chunk failed to fetch."""
+        for attempt in (1, 2):
+            self.page.goto(self.base_url + path)
+            try:
+                self.page.get_by_text(ready_text, exact=False).first.wait_for()
+                return
+            except Exception:
+                if attempt == 2 or "Failed to fetch dynamically imported module" not in self.body():
+                    self.shot("failed-" + re.sub(r"\W+", "-", path).strip("-"))
+                    raise
+
+    def body(self) -> str:
+        return self.page.inner_text("body")
+
+    def login(self, user: str, password: str) -> None:
+        self.page.goto(self.base_url + "/")
+        self.page.locator("input[name=username]").fill(user)
+        self.page.locator("input[name=password]").fill(password)
+        self.shot("01-login")
+        self.page.get_by_role("button", name="Sign in").click()
+        self.page.get_by_role("link", name="Dags").first.wait_for()
+
+
+def test_login_lands_on_the_home_page_without_import_errors(ui: UI, airflow: AirflowClient) -> None:
+    ui.open("/", "Dags")
+    ui.page.wait_for_load_state("networkidle")
+    ui.shot("02-home")
+    errors = airflow.import_errors()
+    if errors or re.search(r"import error", ui.body(), re.I):
+        ui.open("/dags", "Dags")
+        button = ui.page.get_by_text(re.compile(r"import error", re.I)).first
+        if button.count():
+            button.click()
+            time.sleep(2)
+        ui.shot("02-import-errors")
+        details = "; ".join(f"{e['filename']}: {e['stack_trace'].strip().splitlines()[-1]}" for e in errors)
+        pytest.fail(f"the UI shows DAG import errors: {details or 'see 02-import-errors.png'}")
+
+
+def test_dag_list_shows_both_pipelines(ui: UI) -> None:
+    ui.open("/dags", PIPELINES[0])
+    for dag_id in PIPELINES:
+        ui.page.get_by_role("link", name=dag_id, exact=True).first.wait_for()
+    ui.shot("03-dag-list")
+
+
+@pytest.mark.parametrize("dag_id", PIPELINES)
+def test_dag_page_shows_its_task_groups_and_docs(ui: UI, dag_id: str) -> None:
+    ui.open(f"/dags/{dag_id}", "dbt")
+    ui.page.get_by_text(re.compile(r"^airbyte_")).first.wait_for()
+    ui.shot(f"04-dag-{dag_id}")
+    ui.open(f"/dags/{dag_id}/details", "Owner")
+    ui.shot(f"05-dag-{dag_id}-details")
+
+
+@pytest.fixture(scope="module")
+def ui_run(ui: UI, airflow: AirflowClient) -> dict:
+    """A run of TRIGGERED started with the UI's Trigger button, waited for until it finishes."""
+    airflow.unpause(TRIGGERED)
+    before = {r["dag_run_id"] for r in _runs(airflow)}
+    clicked_at = datetime.now(UTC)
+    ui.open(f"/dags/{TRIGGERED}", "Trigger")
+    ui.page.get_by_role("button", name="Trigger").first.click()
+    dialog = ui.page.get_by_role("dialog")
+    dialog.wait_for()
+    ui.shot("06-trigger-dialog")
+    dialog.get_by_role("button", name="Trigger").last.click()
+
+    deadline = time.monotonic() + 60
+    new: list[dict] = []
+    while not new and time.monotonic() < deadline:
+        new = [r for r in _runs(airflow) if r["dag_run_id"] not in before]
+        time.sleep(1)
+    assert new, f"no new {TRIGGERED} run appeared within 60 s of clicking Trigger at {clicked_at}"
+    run = airflow.wait_for_run(TRIGGERED, new[0]["dag_run_id"], timeout=RUN_TIMEOUT)
+    return run
+
+
+def _runs(airflow: AirflowClient) -> list[dict]:
+    return airflow.get(f"/api/v2/dags/{TRIGGERED}/dagRuns?order_by=-run_after&limit=20")["dag_runs"]
+
+
+def _run_path(run: dict) -> str:
+    return f"/dags/{TRIGGERED}/runs/{quote(run['dag_run_id'], safe='')}"
+
+
+def test_triggered_run_succeeds_in_the_grid(ui: UI, ui_run: dict, airflow: AirflowClient) -> None:
+    ui.open(_run_path(ui_run), ui_run["dag_run_id"][:20])
+    ui.page.wait_for_load_state("networkidle")
+    ui.shot("07-run")
+    if ui_run["state"] != "success":
+        failed = [
+            f"{t['task_id']} ({t['state']})"
+            for t in airflow.task_instances(TRIGGERED, ui_run["dag_run_id"])
+            if t["state"] not in ("success", "skipped")
+        ]
+        pytest.fail(f"{TRIGGERED} run {ui_run['dag_run_id']} ended {ui_run['state']}: {', '.join(failed)}")
+    ui.page.get_by_text("Success").first.wait_for()
+
+
+def test_dbt_group_opens_in_the_grid(ui: UI, ui_run: dict) -> None:
+    ui.open(_run_path(ui_run), "dbt")
+    ui.page.get_by_text("dbt", exact=True).first.click()
+    ui.page.get_by_text(re.compile(r"fct_energy_daily")).first.wait_for()
+    ui.shot("08-dbt-group")
+
+
+def test_sync_task_has_the_airbyte_job_link(ui: UI, ui_run: dict) -> None:
+    ui.open(f"{_run_path(ui_run)}/tasks/{SYNC_TASK}", SYNC_TASK)
+    link = ui.page.get_by_role("link", name="Airbyte job")
+    if not link.count():
+        ui.open(f"{_run_path(ui_run)}/tasks/{SYNC_TASK}/details", SYNC_TASK)
+        link = ui.page.get_by_role("link", name="Airbyte job")
+    link.first.wait_for()
+    ui.shot("09-airbyte-job-link")
+    href = link.first.get_attribute("href") or ""
+    assert re.search(r"/connections/[0-9a-f-]{36}/timeline\?jobId=\d+$", href), href
+
+
+def test_dbt_docs_in_the_browse_menu(ui: UI, stack: dict[str, str]) -> None:
+    """Cosmos's dbt docs view, once `[cosmos] dbt_docs_projects` is configured and docs are generated."""
+    if "AIRFLOW__COSMOS__DBT_DOCS_PROJECTS" not in stack:
+        pytest.skip("the stack does not set AIRFLOW__COSMOS__DBT_DOCS_PROJECTS (dbt docs not configured)")
+    env = {**os.environ, **stack, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
+    generated = subprocess.run(
+        [sys.executable, "-m", "elt.dbt_docs"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    ui.open("/", "Browse")
+    ui.page.get_by_role("button", name="Browse").click()
+    entry = ui.page.get_by_text("dbt docs", exact=True).first
+    entry.wait_for()
+    ui.shot("10-browse-menu")
+    # The entry opens the docs in a new tab; follow its link in this one.
+    href = entry.evaluate("e => e.closest('a') && e.closest('a').getAttribute('href')")
+    assert href and href.endswith("/cosmos/managed_elt/dbt_docs_index.html"), href
+    docs = ui.base_url + href if href.startswith("/") else href
+    ui.page.goto(docs)
+    ui.page.get_by_text("Welcome to the auto-generated documentation").first.wait_for()
+    ui.shot("11-dbt-docs")
+    ui.page.goto(docs + "#!/model/model.managed_elt.fct_energy_daily")
+    ui.page.get_by_text("Energy per meter, direction and UTC bucket").first.wait_for()
+    ui.shot("12-dbt-docs-fct-energy-daily")
+    for artifact in ("manifest.json", "catalog.json"):
+        response = ui.page.request.get(f"{ui.base_url}/cosmos/managed_elt/{artifact}")
+        assert response.ok, f"{artifact}: HTTP {response.status}"
+    manifest = ui.page.request.get(f"{ui.base_url}/cosmos/managed_elt/manifest.json").json()
+    assert "model.managed_elt.fct_energy_daily" in manifest["nodes"]
