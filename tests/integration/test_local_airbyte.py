@@ -330,8 +330,6 @@ def test_fault_hold_jobs_in_pending(hook: AirbyteHook, local_airbyte: LocalAirby
 
 
 def test_jobs_survive_a_server_crash(hook: AirbyteHook, local_airbyte: LocalAirbyte) -> None:
-    if local_airbyte.server is None:
-        pytest.skip("needs a server this session started (standalone mode)")
     finished = hook.submit_sync_connection(ECOMMERCE)
     hook.cancel_job(finished.job_id)
     running = hook.submit_sync_connection(ECOMMERCE)

@@ -23,9 +23,13 @@ def warehouse(stack):
         yield conn
 
 
+# A date inside the February 2023 the test stack syncs (tests/conftest.py).
+RUN_DATE = datetime(2023, 2, 10, tzinfo=UTC)
+
+
 @pytest.fixture(scope="module")
 def energy_run(airflow, stack):
-    return run_dag(airflow, "energy_meters")
+    return run_dag(airflow, "energy_meters", logical_date=RUN_DATE)
 
 
 def test_energy_run_succeeds_with_every_task(energy_run) -> None:
@@ -120,7 +124,7 @@ def test_failed_airbyte_job_fails_the_dag_and_runs_no_dbt(airflow, stack, energy
         stack, "POST", "/faults/fail-next-job", {"connectionId": ENERGY_CONNECTION, "message": "source 500"}
     )
     try:
-        run = run_dag(airflow, "energy_meters")
+        run = run_dag(airflow, "energy_meters", logical_date=RUN_DATE + timedelta(days=1))
     finally:
         local_airbyte(stack, "DELETE", "/faults")
     states = {task: ti["state"] for task, ti in run["task_instances"].items()}
