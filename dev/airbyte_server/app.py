@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .context import ServerContext
 from .errors import ApiProblem, problem_response
+from .job_page import ui
 from .local_routes import local
 from .routes import protected, public
 from .settings import API_PREFIX
@@ -35,6 +36,7 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(public, prefix=API_PREFIX)
     app.include_router(protected, prefix=API_PREFIX)
     app.include_router(local)
+    app.include_router(ui)
 
     @app.exception_handler(ApiProblem)
     async def _problem(request: Request, exc: ApiProblem) -> Response:

@@ -1,0 +1,108 @@
+"""Handoff and dbt timing of a real pipeline run on the live stack (`make up` first).
+
+    .venv/bin/python benchmarks/pipeline_timing.py energy_meters [--logical-date 2023-02-10]
+
+Triggers one run through the scheduler, then prints:
+  (b) seconds from the Airbyte job's success to the first dbt task starting;
+  (c) wall time of the Cosmos dbt task group vs one `dbt build` of the same selector and
+      window, run in-process right after (same warehouse, same vars).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
+
+from dev.airflow_client import AirflowClient  # noqa: E402
+from tests.conftest import read_stack_env  # noqa: E402
+
+
+def ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dag_id")
+    parser.add_argument("--logical-date", default="2023-02-10")
+    args = parser.parse_args()
+    env = read_stack_env(Path(os.environ.get("STACK_HOME", REPO / ".local")) / "stack.env")
+    os.environ.update(env)
+    client = AirflowClient.from_env(env)
+    client.unpause(args.dag_id)
+    logical = datetime.fromisoformat(args.logical_date).replace(tzinfo=UTC)
+    run_id = client.trigger(args.dag_id, logical_date=logical)
+    run = client.wait_for_run(args.dag_id, run_id, timeout=1800)
+    tis = client.task_instances(args.dag_id, run_id)
+    if run["state"] != "success":
+        raise SystemExit(f"run {run_id} ended {run['state']}: {[(t['task_id'], t['state']) for t in tis]}")
+
+    from airflow.providers.airbyte.hooks.airbyte import AirbyteHook
+
+    hook = AirbyteHook("airbyte_default", timeout=30)
+    xcom = client.get(
+        f"/api/v2/dags/{args.dag_id}/dagRuns/{run_id}/taskInstances/"
+        f"{next(t['task_id'] for t in tis if t['task_id'].endswith('.sync'))}/xcomEntries/return_value"
+    )
+    job = hook.get_job_details(
+        int(json.loads(xcom["value"]) if isinstance(xcom["value"], str) else xcom["value"])
+    )
+    job_end = ts(job.last_updated_at)
+    dbt = [t for t in tis if t["task_id"].startswith("dbt.")]
+    first_dbt = min(ts(t["start_date"]) for t in dbt)
+    group_wall = (max(ts(t["end_date"]) for t in dbt) - first_dbt).total_seconds()
+    print(
+        f"(b) Airbyte job {job.job_id} succeeded -> first dbt task started: {(first_dbt - job_end).total_seconds():.1f} s"
+    )
+
+    from dbt.cli.main import dbtRunner
+
+    from elt.dbt import profile_config
+    from elt.spec import load_spec, spec_files
+
+    spec = next(load_spec(p) for p in spec_files() if p.stem == args.dag_id)
+    window = {
+        "data_interval_start": run["data_interval_start"],
+        "data_interval_end": run["data_interval_end"],
+    }
+    with profile_config().ensure_profile() as (profile_path, profile_env):
+        os.environ.update(profile_env)
+        started = time.perf_counter()
+        result = dbtRunner().invoke(
+            [
+                "build",
+                "--project-dir",
+                str(REPO / "include" / "dbt"),
+                "--profiles-dir",
+                str(Path(profile_path).parent),
+                "--profile",
+                "managed_elt",
+                "--target",
+                "airflow",
+                "--selector",
+                spec.dbt.selector,
+                "--vars",
+                json.dumps(window),
+                "--target-path",
+                "/tmp/benchmark-dbt-target",
+                "--quiet",
+            ]
+        )
+        single = time.perf_counter() - started
+    assert result.success, result.exception
+    print(
+        f"(c) dbt task group ({len(dbt)} tasks): {group_wall:.1f} s; one `dbt build --selector "
+        f"{spec.dbt.selector}`: {single:.1f} s; ratio {group_wall / single:.2f}x (target <= 1.5x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
