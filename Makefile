@@ -53,7 +53,7 @@ status: ## show which services of the stack are running
 demo: install ## start the stack, run every pipeline once through the scheduler, print a summary, stop
 	@$(PYTHON) -m dev.demo
 
-test: install lock-check ## the whole test suite (what CI runs)
+test: install lock-check browser ## the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
@@ -77,8 +77,10 @@ lock-check: | $(UV) ## fail if a lock is out of date with its inputs
 	diff -u requirements.lock $$tmp/main.lock && diff -u dev/requirements-airbyte.lock $$tmp/airbyte.lock \
 	  || { echo "a lock is out of date with its inputs: run 'make lock' and commit the result"; exit 1; }
 
-browser: ## install Debian's chromium for the browser test (needs root or sudo)
-	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+browser: ## install Debian's chromium for the browser test (Playwright drives it; no browser download)
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium"; \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 clean: down ## stop the stack and delete local state, generated files and caches (keeps the virtualenvs)
 	rm -rf .local $(DBT_DIR)/target $(DBT_DIR)/logs .pytest_cache .ruff_cache
