@@ -25,7 +25,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
 os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
-os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_CACHE", "False")
 os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_CACHE_DBT_YAML_SELECTORS", "False")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".local" / "bench-airflow-home"))

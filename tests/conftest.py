@@ -16,7 +16,6 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 # Parsing DAGs in tests must not need a database or the network.
 os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_TELEMETRY", "False")
 os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_CACHE_DBT_YAML_SELECTORS", "False")
-os.environ.setdefault("AIRFLOW__COSMOS__ENABLE_CACHE", "False")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 # Stacks started by the tests sync February 2023 only (the dates the tests check), not every

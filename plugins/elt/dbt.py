@@ -73,7 +73,14 @@ def project_config() -> ProjectConfig:
 
 
 def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
-    """The pipeline's dbt selection as one task group: a `dbt build` task per model (model + its tests)."""
+    """The pipeline's dbt selection as one task group, one task per model (with its tests).
+
+    `watcher` (default) runs a single `dbt build` of the selection in a producer task while
+    each model's task reports that model's result as soon as dbt finishes it; `per_model`
+    runs a separate `dbt build` per model. benchmarks/pipeline_timing.py compares them with
+    one plain `dbt build`.
+    """
+    watcher = spec.dbt.execution == "watcher"
     return DbtTaskGroup(
         group_id="dbt",
         project_config=project_config(),
@@ -81,15 +88,17 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
         render_config=RenderConfig(
             load_method=LoadMode.DBT_MANIFEST,
             selector=spec.dbt.selector,
-            # BUILD runs each model with its tests in one dbt invocation: half the tasks of
-            # AFTER_EACH, and a failing test still stops the models downstream of it.
-            test_behavior=TestBehavior.BUILD,
+            # per_model: BUILD runs each model with its tests in one task (half the tasks of
+            # AFTER_EACH; a failing test still stops the models downstream). watcher: the producer
+            # runs `dbt build`, and each model's tests report in their own task.
+            test_behavior=TestBehavior.AFTER_EACH if watcher else TestBehavior.BUILD,
             emit_datasets=True,
             # A relationships test reads two models: run it once both are built, as its own task.
-            should_detach_multiple_parents_tests=True,
+            should_detach_multiple_parents_tests=not watcher,
         ),
         execution_config=ExecutionConfig(
-            execution_mode=ExecutionMode.LOCAL, invocation_mode=InvocationMode.DBT_RUNNER
+            execution_mode=ExecutionMode.WATCHER if watcher else ExecutionMode.LOCAL,
+            invocation_mode=InvocationMode.DBT_RUNNER,
         ),
         operator_args={"vars": WINDOW_VARS, "install_deps": False},
         **kwargs,

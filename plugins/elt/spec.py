@@ -93,6 +93,13 @@ class Airbyte(_Model):
 
 class Dbt(_Model):
     selector: str = Field(description="a selector defined in include/dbt/selectors.yml")
+    execution: Literal["watcher", "per_model"] = Field(
+        default="watcher",
+        description=(
+            "watcher: one `dbt build` of the selection, with a task per model that reports its "
+            "result (Cosmos ExecutionMode.WATCHER); per_model: a `dbt build` task per model"
+        ),
+    )
 
 
 class AlertRoute(_Model):
