@@ -178,9 +178,11 @@ def stack_env(ports: Ports, pg: Postgres, secret: dict[str, str]) -> dict[str, s
         "DO_NOT_TRACK": "1",
         "AIRFLOW_CONN_WAREHOUSE": json.dumps(warehouse_conn),
         "AIRFLOW_CONN_AIRBYTE_DEFAULT": json.dumps(airbyte_conn),
-        "AIRFLOW_CONN_SLACK_ALERTS": json.dumps(slack_conn),
-        "AIRFLOW_CONN_PAGERDUTY_ALERTS": json.dumps(pagerduty_conn),
-        "AIRFLOW_CONN_SMTP_ALERTS": json.dumps(smtp_conn),
+        # Alert routes set in the user's environment (a real Slack, PagerDuty, SMTP) win.
+        "AIRFLOW_CONN_SLACK_ALERTS": os.environ.get("AIRFLOW_CONN_SLACK_ALERTS") or json.dumps(slack_conn),
+        "AIRFLOW_CONN_PAGERDUTY_ALERTS": os.environ.get("AIRFLOW_CONN_PAGERDUTY_ALERTS")
+        or json.dumps(pagerduty_conn),
+        "AIRFLOW_CONN_SMTP_ALERTS": os.environ.get("AIRFLOW_CONN_SMTP_ALERTS") or json.dumps(smtp_conn),
         "RECEIVERS_URL": receivers,
         "AIRFLOW_API_URL": airflow_url,
         "AIRFLOW_ADMIN_USER": ADMIN_USER,

@@ -43,6 +43,9 @@ PORTS = {
     "STACK_AIRFLOW_PORT": "18180",
     "STACK_AIRBYTE_PORT": "18101",
     "STACK_METER_PORT": "18111",
+    # The stack's own receivers service stays out of the way; this module's receivers get the alerts.
+    "STACK_RECEIVERS_HTTP_PORT": "18125",
+    "STACK_RECEIVERS_SMTP_PORT": "18126",
 }
 HTTP_PORT, SMTP_PORT = 18025, 18026
 ENERGY, ECOMMERCE = "energy_meters", "ecommerce_sales"
