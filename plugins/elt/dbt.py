@@ -100,7 +100,14 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
             execution_mode=ExecutionMode.WATCHER if watcher else ExecutionMode.LOCAL,
             invocation_mode=InvocationMode.DBT_RUNNER,
         ),
-        operator_args={"vars": WINDOW_VARS, "install_deps": False},
+        operator_args={
+            "vars": WINDOW_VARS,
+            "install_deps": False,
+            # Runs of one pipeline (a backfill, or a backfill beside the daily run) each rebuild
+            # their own window, but re-create the same views and tables: one dbt invocation per
+            # task at a time keeps their DDL apart, while their Airbyte and wait tasks overlap.
+            "max_active_tis_per_dag": 1,
+        },
         **kwargs,
     )
 

@@ -27,17 +27,20 @@ def energy_jobs() -> set[int]:
     }
 
 
-def backfill_runs(airflow, backfill_id: int) -> list[dict]:
-    runs = airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns?limit=100&run_type=backfill")["dag_runs"]
-    return [r for r in runs if r.get("backfill_id") == backfill_id]
+def backfill_runs(airflow, backfill: dict) -> list[dict]:
+    """The backfill runs whose data interval starts in the backfill's date range."""
+    runs = airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns?limit=200")["dag_runs"]
+    first, last = backfill["from_date"][:10], backfill["to_date"][:10]
+    return [r for r in runs if r["run_type"] == "backfill" and first <= r["data_interval_start"][:10] <= last]
 
 
-def wait_for_backfill(airflow, backfill_id: int, expected_runs: int, timeout: float = 1800) -> list[dict]:
+def wait_for_backfill(airflow, backfill_id: int, expected_runs: int, timeout: float = 1200) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         backfill = airflow.get(f"/api/v2/backfills/{backfill_id}")
-        runs = backfill_runs(airflow, backfill_id)
-        if backfill.get("completed_at") and all(r["state"] in ("success", "failed") for r in runs):
+        runs = backfill_runs(airflow, backfill)
+        done = [r for r in runs if r["state"] in ("success", "failed")]
+        if backfill.get("completed_at") and len(done) == expected_runs:
             return runs
         time.sleep(5)
     raise TimeoutError(f"backfill {backfill_id} did not finish in {timeout}s")
