@@ -206,7 +206,7 @@ def failing_dbt_result(test: str = "not_null_fct_energy_daily_meter_muid") -> Si
 def test_dbt_failure_names_the_failing_test_and_its_compiled_sql(dag: DAG, recorded: Any) -> None:
     with pytest.raises(CosmosDbtRunError) as raised:
         handle_exception_if_needed(failing_dbt_result())  # Cosmos's own error text
-    context = task_context(dag, "dbt.fct_energy_daily_model_build", raised.value, try_number=3)
+    context = task_context(dag, "dbt.dbt_producer_watcher", raised.value, try_number=3)
     compiled = "target/compiled/managed_elt/models/marts/energy/_energy__models.yml/not_null_fct_energy_daily_meter_muid.sql"
     context[
         "task"
@@ -226,7 +226,7 @@ def test_dbt_failure_without_compiled_sql_points_at_the_manifest_path(dag: DAG, 
     test = "relationships_fct_energy_daily_meter_muid__meter_muid__ref_dim_meters_"
     with pytest.raises(CosmosDbtRunError) as raised:
         handle_exception_if_needed(failing_dbt_result(test))
-    context = task_context(dag, "dbt.fct_energy_daily_model_build", raised.value, try_number=3)
+    context = task_context(dag, "dbt.dbt_producer_watcher", raised.value, try_number=3)
     context["task"].compiled_sql = ""
     run_callbacks(context["task"].on_failure_callback, context)
     details = recorded()["pagerduty"][0]["body"]["payload"]["custom_details"]
