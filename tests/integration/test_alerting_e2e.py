@@ -69,6 +69,9 @@ def pipelines(directory: Path) -> Path:
         spec = yaml.safe_load((REPO / "include" / "pipelines" / f"{name}.yaml").read_text())
         spec["alerts"] = routes
         spec["limits"] = {**spec.get("limits", {}), "retries": 1, "retry_delay": "PT5S"}
+        # One dbt task per model: the failing dbt test surfaces in that model's task, which pages
+        # (in watcher mode the producer's log names it and the model's test task pages).
+        spec["dbt"] = {**spec["dbt"], "execution": "per_model"}
         if name == ECOMMERCE:
             spec["deadline"] = "PT45S"
         (directory / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
