@@ -233,12 +233,17 @@ class RunSucceeded(_Callback):
         recover(alert_content.from_run_context("recovered", self.pipeline, context), self.routes, context)
 
 
-async def deadline_missed(pipeline: str, routes: str, context: Mapping[str, Any] | None = None) -> dict:
-    """Deadline Alert callback (triggerer): page for a run that is not done by its deadline."""
+async def deadline_missed(pipeline: str, routes: str, context: Mapping[str, Any] | None = None) -> str:
+    """Deadline Alert callback (triggerer): page for a run that is not done by its deadline.
+
+    Returns a short text: Airflow stores a callback's output in a text column (a dict there
+    would take the triggerer down).
+    """
     parsed = tuple(Route(**{**r, "to": tuple(r.get("to", ()))}) for r in json.loads(routes))
     alert = alert_content.from_deadline_context(pipeline, context)
     # The notifiers and connection lookups are synchronous; keep the triggerer's event loop free.
-    return await asyncio.to_thread(page, alert, parsed, dict(context or {}))
+    results = await asyncio.to_thread(page, alert, parsed, dict(context or {}))
+    return "; ".join(f"{route}: {error or 'sent'}" for route, error in results.items()) or "silenced"
 
 
 # -- paging, recovery, delivery --------------------------------------------------------------------
