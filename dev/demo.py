@@ -141,7 +141,7 @@ def main() -> int:
             for line in rows_per_stream(env, spec, since):
                 print(f"  {line}")
             print(
-                f"  dbt         {dbt_ok}/{len(dbt_tis)} model tasks succeeded ({models} models, {tests} tests)"
+                f"  dbt         {dbt_ok}/{len(dbt_tis)} dbt tasks succeeded ({models} models, {tests} tests)"
             )
             failed = [ti["task_id"] for ti in tis if ti["state"] not in ("success", "skipped")]
             if failed:
