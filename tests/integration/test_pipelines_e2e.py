@@ -36,7 +36,12 @@ def test_energy_run_succeeds_with_every_task(energy_run) -> None:
     states = {task: ti["state"] for task, ti in energy_run["task_instances"].items()}
     assert energy_run["state"] == "success", states
     assert set(states.values()) == {"success"}, states
-    assert {"airbyte_energy.sync", "airbyte_energy.wait", "dbt.fct_energy_daily_model_build"} <= set(states)
+    assert {
+        "airbyte_energy.sync",
+        "airbyte_energy.wait",
+        "dbt.dbt_producer_watcher",
+        "dbt.fct_energy_daily.run",
+    } <= set(states)
 
 
 def test_energy_raw_tables_hold_whole_days(energy_run, warehouse) -> None:
