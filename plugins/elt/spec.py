@@ -15,7 +15,15 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from elt import paths
 
@@ -161,20 +169,13 @@ class PipelineSpec(_Model):
     limits: Limits = Limits()
     doc: str | None = Field(default=None, description="extra notes for the DAG's documentation")
 
-    @field_validator("owners")
+    @field_validator("owners", "tags")
     @classmethod
-    def _owners(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - OWNERS)
+    def _in_vocabulary(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        known, word = (OWNERS, "owner") if info.field_name == "owners" else (TAGS, "tag")
+        unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"unknown owner {unknown}; known owners: {sorted(OWNERS)}")
-        return value
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - TAGS)
-        if unknown:
-            raise ValueError(f"unknown tag {unknown}; known tags: {sorted(TAGS)}")
+            raise ValueError(f"unknown {word} {unknown}; known {word}s: {sorted(known)}")
         return value
 
     @field_validator("schedule")
