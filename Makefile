@@ -58,6 +58,11 @@ test: install lock-check browser ## the whole test suite (what CI runs)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
 
+test-fast: $(VENV)/.installed $(DBT_MANIFEST) ## lint + unit and DAG tests: no services, under 2 minutes (run on every change)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest -q tests/unit tests/dags -m "not stack"
+
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
