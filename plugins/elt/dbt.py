@@ -146,27 +146,3 @@ def compile_manifest() -> int:
 
 if __name__ == "__main__":
     sys.exit(compile_manifest())
-
-
-def _cache_cosmos_reflection() -> None:
-    """Cosmos inspects BaseOperator's signature again for every task it creates (~4 ms each).
-
-    The signatures never change at runtime, so a cache is safe; with it, rendering a
-    300-model project takes about half the time (benchmarks/parse_time.py).
-    """
-    import functools
-    import inspect
-    import types
-
-    import cosmos.operators.local as cosmos_local
-
-    if isinstance(cosmos_local.inspect, types.SimpleNamespace):
-        return
-    cosmos_local.inspect = types.SimpleNamespace(
-        **{name: getattr(inspect, name) for name in dir(inspect) if not name.startswith("__")},
-    )
-    cosmos_local.inspect.signature = functools.cache(inspect.signature)
-    cosmos_local.inspect.getfullargspec = functools.cache(inspect.getfullargspec)
-
-
-_cache_cosmos_reflection()
