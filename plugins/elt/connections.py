@@ -89,3 +89,18 @@ def route_problems(
                 )
             )
     return problems
+
+
+def airflow_connection_type(conn_id: str) -> str | None:
+    """conn_type of an Airflow connection from any backend (env, secrets, metadata DB); None if missing.
+
+    For `check_specs(connection_type=...)` in commands run where Airflow's connections are reachable,
+    never while parsing DAGs.
+    """
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.models.connection import Connection
+
+    try:
+        return Connection.get_connection_from_secrets(conn_id).conn_type
+    except AirflowNotFoundException:
+        return None

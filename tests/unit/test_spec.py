@@ -599,3 +599,10 @@ def test_one_broken_spec_does_not_break_the_others(
     ((where, error),) = bag.import_errors.items()
     assert where.endswith("ecommerce_sales.py")
     assert f"{broken_path}: " in error
+
+
+def test_airflow_connection_type_reads_the_environment_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    from elt.connections import airflow_connection_type
+
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_ALERTS", "slackwebhook://hooks.example.com/T/B")
+    assert airflow_connection_type("slack_alerts") == "slackwebhook"
