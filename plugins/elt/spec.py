@@ -172,7 +172,7 @@ def Duration(low: timedelta, high: timedelta, why: str = "") -> Any:
     return Annotated[timedelta, AfterValidator(check)]
 
 
-SECOND, MINUTE, HOUR, DAY = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+SECOND, MINUTE, DAY = timedelta(seconds=1), timedelta(minutes=1), timedelta(days=1)
 
 
 # -- the model -------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ class Airbyte(_Model):
     request_timeout: Duration(SECOND, 10 * MINUTE) = Field(  # type: ignore[valid-type]
         default=timedelta(seconds=30), description="per HTTP request to Airbyte"
     )
-    sync_timeout: Duration(MINUTE, 7 * DAY) = Field(  # type: ignore[valid-type]
+    sync_timeout: Duration(SECOND, 7 * DAY) = Field(  # type: ignore[valid-type]
         default=timedelta(hours=2), description="a sync running longer is cancelled"
     )
 
@@ -294,7 +294,7 @@ class Limits(_Model):
     retries: int = Field(default=2, ge=0, le=10)
     # Airflow caps a retry delay at [core] max_task_retry_delay (24 hours by default).
     retry_delay: Duration(SECOND, DAY) = timedelta(minutes=2)  # type: ignore[valid-type]
-    dagrun_timeout: Duration(MINUTE, 30 * DAY) = timedelta(hours=4)  # type: ignore[valid-type]
+    dagrun_timeout: Duration(SECOND, 30 * DAY) = timedelta(hours=4)  # type: ignore[valid-type]
     max_active_runs: int = Field(default=1, ge=1, le=16)
     max_active_tasks: int = Field(default=8, ge=1, le=64)
 
@@ -318,7 +318,7 @@ class PipelineSpec(_Model):
     airbyte: Airbyte | None = None
     dbt: Dbt | None = None
     alerts: Alerts = Alerts()
-    deadline: Duration(MINUTE, 30 * DAY) | None = Field(  # type: ignore[valid-type]
+    deadline: Duration(SECOND, 30 * DAY) | None = Field(  # type: ignore[valid-type]
         default=None, description="page when a run is not done this long after it was queued"
     )
     backfill: Backfill = Backfill()

@@ -238,7 +238,7 @@ MATRIX: list[tuple[str, dict[str, object], str | None, str]] = [
         "sync-timeout-month",
         {"airbyte.sync_timeout": "P30D"},
         "airbyte.sync_timeout",
-        "must be between 1 minute and 7 days (got 30 days)",
+        "must be between 1 second and 7 days (got 30 days)",
     ),
     (
         "sync-timeout-words",
@@ -300,7 +300,7 @@ MATRIX: list[tuple[str, dict[str, object], str | None, str]] = [
         "deadline-two-months",
         {"deadline": "P60D"},
         "deadline",
-        "must be between 1 minute and 30 days (got 60 days)",
+        "must be between 1 second and 30 days (got 60 days)",
     ),
     (
         "deadline-without-routes",
