@@ -15,7 +15,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, TaskGroup
 from elt import alerting, paths
 from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.assets import raw_table_asset
-from elt.dbt import dbt_task_group, run_window
+from elt.dbt import TEMPLATE_MACROS, dbt_task_group, rebuild_params
 from elt.spec import PipelineSpec, load_spec
 
 
@@ -55,7 +55,8 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
         dagrun_timeout=limits.dagrun_timeout,
         max_active_runs=limits.max_active_runs,
         max_active_tasks=limits.max_active_tasks,
-        user_defined_macros={"run_window": run_window},
+        user_defined_macros=TEMPLATE_MACROS,
+        params=rebuild_params() if spec.windowed else {},
         **alerting.dag_arguments(spec),
     ) as dag:
         syncs = [_airbyte_group(spec, connection) for connection in spec.airbyte.connections]
