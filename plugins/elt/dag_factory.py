@@ -15,7 +15,7 @@ from airflow.sdk import DAG, CronDataIntervalTimetable, TaskGroup
 from elt import alerting, paths
 from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.assets import raw_table_asset
-from elt.dbt import TEMPLATE_MACROS, dbt_task_group, rebuild_params
+from elt.dbt import TEMPLATE_MACROS, dbt_task_group, rebuild_params, source_freshness_task
 from elt.spec import PipelineSpec, load_spec
 
 
@@ -61,7 +61,10 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
     ) as dag:
         syncs = [_airbyte_group(spec, connection) for connection in spec.airbyte.connections]
         dbt = dbt_task_group(spec)
-        syncs >> dbt
+        if spec.dbt.freshness == "off":
+            syncs >> dbt
+        else:
+            syncs >> source_freshness_task(spec) >> dbt
     return dag
 
 
@@ -138,6 +141,12 @@ sync that is still running instead of starting another; a dbt task re-runs only 
 **Backfill.** UI: *Trigger → Backfill*, or
 `airflow backfill create --dag-id {spec.name} --from-date 2023-02-01 --to-date 2023-02-07`
 (add `--reprocess-behavior completed` to redo finished dates). Policy `{spec.backfill.sync}`: {backfill}.
+
+**Rebuild a date range in one run** (one dbt build): trigger with the params `rebuild_start` / `rebuild_end`
+(UTC days, inclusive), e.g. `airflow dags trigger {spec.name} -c '{{"rebuild_start": "2023-02-01", "rebuild_end": "2023-03-02"}}'`.
+
+**Source freshness** (`dbt.freshness: {spec.dbt.freshness}`): `source_freshness` checks the raw tables after the syncs;
+its error names each stale source and how far past its threshold it is.
 
 {spec.doc or ""}
 """

@@ -12,8 +12,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, Param
+from airflow.sdk.exceptions import AirflowException
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+from cosmos.operators.local import DbtSourceLocalOperator
 from cosmos.profiles import PostgresUserPasswordProfileMapping
 
 from elt import paths
@@ -179,6 +181,79 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
             "max_active_tis_per_dag": 1,
         },
         **kwargs,
+    )
+
+
+def source_freshness_task(spec: PipelineSpec) -> SourceFreshnessOperator:
+    """The gate between the syncs and the models: `dbt source freshness` of the selection's sources."""
+    return SourceFreshnessOperator(
+        task_id="source_freshness",
+        project_dir=paths.DBT_PROJECT_DIR,
+        profile_config=profile_config(),
+        selector=spec.dbt.selector,
+        invocation_mode=InvocationMode.DBT_RUNNER,
+        install_deps=False,
+        fail_on_error=spec.dbt.freshness == "error",
+        doc_md="`dbt source freshness` of the pipeline's sources (thresholds in include/dbt sources YAML).",
+    )
+
+
+class SourceFreshnessOperator(DbtSourceLocalOperator):
+    """Cosmos's `dbt source freshness`, failing with what is stale and by how much.
+
+    Cosmos fails any non-zero dbt run with a generic message, and on-call's alert quotes the
+    task's exception: this names each source past its `error_after` (or, with
+    fail_on_error=False, only logs them). Backfill runs rebuild old dates from raw data already
+    loaded, so they do not check how recent that data is.
+    """
+
+    def __init__(self, *, fail_on_error: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fail_on_error = fail_on_error
+
+    def execute(self, context: Any, **kwargs: Any) -> None:
+        run_type = getattr(context.get("dag_run"), "run_type", None)
+        if getattr(run_type, "value", run_type) == "backfill":
+            self.log.info("backfill run: source freshness not checked")
+            return
+        super().execute(context, **kwargs)
+
+    def handle_exception_dbt_runner(self, result: Any) -> None:
+        results = getattr(getattr(result, "result", None), "results", None)
+        if not results:  # dbt failed before checking anything: Cosmos's error says why
+            return super().handle_exception_dbt_runner(result)
+        problems = [(item, describe_staleness(item)) for item in results if _status(item) != "pass"]
+        for _, line in problems:
+            self.log.warning("%s", line)
+        errors = [line for item, line in problems if _status(item) == "error"]
+        broken = [line for item, line in problems if _status(item) not in ("warn", "error")]
+        if broken or (errors and self.fail_on_error):
+            raise AirflowException("; ".join(broken + errors))
+
+
+PERIOD_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def _status(item: Any) -> str:
+    return str(getattr(item.status, "value", item.status))
+
+
+def describe_staleness(item: Any) -> str:
+    """One line per source for the log and the alert: which, since when, how far past which threshold."""
+    node = item.node
+    name = f"source {node.source_name}.{node.name}"
+    status = _status(item)
+    if status not in ("warn", "error"):
+        return f"{name}: freshness {status}: {getattr(item, 'message', None) or 'not checked'}"
+    level = "error_after" if status == "error" else "warn_after"
+    threshold = getattr(node.freshness, level)
+    period = str(getattr(threshold.period, "value", threshold.period))
+    limit = timedelta(seconds=threshold.count * PERIOD_SECONDS[period])
+    age = timedelta(seconds=round(item.age))
+    loaded = item.max_loaded_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"{name} is stale ({status}): last loaded {loaded}, {age} ago, "
+        f"{age - limit} past {level} ({threshold.count} {period})"
     )
 
 
