@@ -15,7 +15,7 @@ from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, TaskGroup
 from elt import alerting, paths
 from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.assets import raw_table_asset
-from elt.dbt import dbt_task_group, run_window
+from elt.dbt import TEMPLATE_MACROS, dbt_task_group, rebuild_params, source_freshness_task
 from elt.spec import PipelineSpec, check_environment, load_spec
 
 
@@ -62,14 +62,18 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
         dagrun_timeout=limits.dagrun_timeout,
         max_active_runs=limits.max_active_runs,
         max_active_tasks=limits.max_active_tasks,
-        user_defined_macros={"run_window": run_window},
+        user_defined_macros=TEMPLATE_MACROS,
+        params=rebuild_params() if spec.windowed else {},
         **alerting.dag_arguments(spec),
     ) as dag:
         syncs = [_airbyte_group(spec, c) for c in spec.airbyte.connections] if spec.airbyte else []
         if spec.dbt is not None:
-            dbt = dbt_task_group(spec)
-            if syncs:
-                syncs >> dbt
+            upstream = syncs
+            if spec.dbt.freshness != "off":
+                freshness = source_freshness_task(spec)
+                syncs >> freshness
+                upstream = [freshness]
+            upstream >> dbt_task_group(spec)
     return dag
 
 
@@ -151,6 +155,12 @@ sync that is still running instead of starting another; a dbt task re-runs only 
 **Backfill.** UI: *Trigger → Backfill*, or
 `airflow backfill create --dag-id {spec.name} --from-date 2023-02-01 --to-date 2023-02-07`
 (add `--reprocess-behavior completed` to redo finished dates). Policy `{spec.backfill.sync}`: {backfill}.
+
+**Rebuild a date range in one run** (one dbt build): trigger with the params `rebuild_start` / `rebuild_end`
+(UTC days, inclusive), e.g. `airflow dags trigger {spec.name} -c '{{"rebuild_start": "2023-02-01", "rebuild_end": "2023-03-02"}}'`.
+
+**Source freshness** (`dbt.freshness: {spec.dbt.freshness}`): `source_freshness` checks the raw tables after the syncs;
+its error names each stale source and how far past its threshold it is.
 
 {spec.doc or ""}
 """

@@ -249,6 +249,13 @@ class Dbt(_Model):
             "result (Cosmos ExecutionMode.WATCHER); per_model: a `dbt build` task per model"
         ),
     )
+    freshness: Literal["error", "warn", "off"] = Field(
+        default="error",
+        description=(
+            "`dbt source freshness` after the syncs, before the models: 'error' fails the run when a "
+            "source is past its error_after; 'warn' only logs stale sources; 'off' does not check"
+        ),
+    )
 
 
 class AlertRoute(_Model):
