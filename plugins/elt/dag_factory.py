@@ -124,7 +124,7 @@ def doc_md(spec: PipelineSpec) -> str:
 {spec.description.strip()}
 
 **Owners:** {", ".join(spec.owners)} · **Spec:** `include/pipelines/{spec.name}.yaml` ·
-**dbt selector:** `{spec.dbt.selector}` · **Alerts:** {", ".join(routes) or "none"}
+**dbt selection:** `{spec.dbt.selector or " ".join(spec.dbt.select)}` · **Alerts:** {", ".join(routes) or "none"}
 
 **Airbyte connections** (synced in parallel; the wait runs in the triggerer):
 {connections}

@@ -18,7 +18,7 @@ from cosmos.profiles import PostgresUserPasswordProfileMapping
 from elt import paths
 from elt.spec import PipelineSpec
 
-PROJECT_NAME = "managed_elt"
+PROJECT_NAME = paths.DBT_PROJECT_NAME
 TARGET_SCHEMA = "analytics"
 WAREHOUSE_CONN_ID = "warehouse"
 
@@ -88,6 +88,8 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
         render_config=RenderConfig(
             load_method=LoadMode.DBT_MANIFEST,
             selector=spec.dbt.selector,
+            select=list(spec.dbt.select),
+            exclude=list(spec.dbt.exclude),
             # per_model: BUILD runs each model with its tests in one task (half the tasks of
             # AFTER_EACH; a failing test still stops the models downstream). watcher: the producer
             # runs `dbt build`, and each model's tests report in their own task.
@@ -131,7 +133,7 @@ def compile_manifest() -> int:
             "--project-dir",
             str(paths.DBT_PROJECT_DIR),
             "--profiles-dir",
-            str(paths.DBT_PROJECT_DIR),
+            str(paths.DBT_PROFILES_DIR),
             "--target-path",
             str(paths.DBT_MANIFEST.parent),
             "--quiet",

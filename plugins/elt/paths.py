@@ -8,4 +8,7 @@ from pathlib import Path
 REPO = Path(os.environ.get("ELT_REPO_ROOT", Path(__file__).resolve().parents[2]))
 PIPELINES_DIR = Path(os.environ.get("ELT_PIPELINES_DIR", REPO / "include" / "pipelines"))
 DBT_PROJECT_DIR = Path(os.environ.get("ELT_DBT_PROJECT_DIR", REPO / "include" / "dbt"))
+DBT_PROJECT_NAME = os.environ.get("ELT_DBT_PROJECT_NAME", "managed_elt")  # `name:` in dbt_project.yml
+# profiles.yml for `dbt parse` only (it reads no secrets); runs use the `warehouse` connection.
+DBT_PROFILES_DIR = Path(os.environ.get("ELT_DBT_PROFILES_DIR", DBT_PROJECT_DIR))
 DBT_MANIFEST = Path(os.environ.get("ELT_DBT_MANIFEST", DBT_PROJECT_DIR / "target" / "manifest.json"))

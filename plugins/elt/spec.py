@@ -100,7 +100,11 @@ class Airbyte(_Model):
 
 
 class Dbt(_Model):
-    selector: str = Field(description="a selector defined in include/dbt/selectors.yml")
+    selector: str | None = Field(
+        default=None, description="a selector defined in the dbt project's selectors.yml"
+    )
+    select: list[str] = Field(default_factory=list, description="dbt node selection, instead of a selector")
+    exclude: list[str] = Field(default_factory=list, description="dbt nodes to leave out of `select`")
     execution: Literal["watcher", "per_model"] = Field(
         default="watcher",
         description=(
@@ -108,6 +112,15 @@ class Dbt(_Model):
             "result (Cosmos ExecutionMode.WATCHER); per_model: a `dbt build` task per model"
         ),
     )
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> Dbt:
+        # Cosmos renders either a YAML selector or select/exclude, never both.
+        if bool(self.selector) == bool(self.select):
+            raise ValueError("set either 'selector' or 'select' (with optional 'exclude'), not both")
+        if self.selector and self.exclude:
+            raise ValueError("'exclude' goes with 'select'; a selector has its own exclude")
+        return self
 
 
 class AlertRoute(_Model):
@@ -278,7 +291,7 @@ def load_spec(path: Path, manifest: Path | None = None) -> PipelineSpec:
             + "\n".join(f"  field '{field}': {message}" for field, message in problems)
         )
     selectors = dbt_selectors(manifest or paths.DBT_MANIFEST)
-    if spec.dbt.selector not in selectors:
+    if spec.dbt.selector and spec.dbt.selector not in selectors:
         raise SpecError(
             f"{_display(path)}: field 'dbt.selector': unknown dbt selector {spec.dbt.selector!r}; "
             f"selectors in include/dbt/selectors.yml: {sorted(selectors)}"
