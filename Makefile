@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export SCARF_ANALYTICS := false
 
-.PHONY: help install up down status demo test test-fast lint format lock lock-check dbt-manifest dbt-deps check new-pipeline clean browser
+.PHONY: help install up down status demo test test-fast lint format lock lock-check dbt-manifest check new-pipeline clean browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -35,14 +35,9 @@ $(AIRBYTE_VENV)/.installed: dev/requirements-airbyte.lock | $(UV)
 	@touch $@
 
 $(DBT_MANIFEST): $(VENV)/.installed $(DBT_SOURCES)
-	@$(MAKE) --no-print-directory dbt-deps
 	PYTHONPATH=plugins $(PYTHON) -m elt.dbt
 
-dbt-deps: $(VENV)/.installed ## install the dbt project's packages.yml (local/vendored packages need no network)
-	@if [ -f $(DBT_DIR)/packages.yml ] || [ -f $(DBT_DIR)/dependencies.yml ]; then \
-	  $(VENV)/bin/dbt deps --project-dir $(DBT_DIR) --profiles-dir $(DBT_DIR); fi
-
-dbt-manifest: $(DBT_MANIFEST) ## compile include/dbt/target/manifest.json (what Cosmos renders)
+dbt-manifest: $(DBT_MANIFEST) ## dbt deps (if packages.yml) + compile the project's target/manifest.json (what Cosmos renders)
 
 install: $(VENV)/.installed $(AIRBYTE_VENV)/.installed $(DBT_MANIFEST) ## create .venv and .venv-airbyte from the locks
 

@@ -58,9 +58,10 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
         user_defined_macros={"run_window": run_window},
         **alerting.dag_arguments(spec),
     ) as dag:
-        syncs = [_airbyte_group(spec, connection) for connection in spec.airbyte.connections]
-        dbt = dbt_task_group(spec)
-        syncs >> dbt
+        # A dbt-only pipeline has no `airbyte` section, an Airbyte-only one no `dbt` section.
+        syncs = [_airbyte_group(spec, c) for c in (spec.airbyte.connections if spec.airbyte else [])]
+        if spec.dbt:
+            syncs >> dbt_task_group(spec)
     return dag
 
 
@@ -104,7 +105,7 @@ def doc_md(spec: PipelineSpec) -> str:
     connections = "\n".join(
         f"- `{c.name}` — Airbyte connection `{c.id}` → schema `{c.destination_schema}`, streams "
         + ", ".join(f"`{s.name}`" for s in c.streams)
-        for c in spec.airbyte.connections
+        for c in (spec.airbyte.connections if spec.airbyte else [])
     )
     window = (
         f"Runs on `{spec.schedule}` (UTC) with a real data interval; dbt's windowed models rebuild exactly "
@@ -124,7 +125,7 @@ def doc_md(spec: PipelineSpec) -> str:
 {spec.description.strip()}
 
 **Owners:** {", ".join(spec.owners)} · **Spec:** `include/pipelines/{spec.name}.yaml` ·
-**dbt selection:** `{spec.dbt.selector or " ".join(spec.dbt.select)}` · **Alerts:** {", ".join(routes) or "none"}
+**dbt selection:** `{(spec.dbt.selector or " ".join(spec.dbt.select)) if spec.dbt else "none"}` · **Alerts:** {", ".join(routes) or "none"}
 
 **Airbyte connections** (synced in parallel; the wait runs in the triggerer):
 {connections}

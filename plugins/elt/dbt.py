@@ -127,13 +127,16 @@ def compile_manifest() -> int:
         "WAREHOUSE_DB": "warehouse",
     }.items():
         os.environ.setdefault(name, value)
+    project = ["--project-dir", str(paths.DBT_PROJECT_DIR), "--profiles-dir", str(paths.DBT_PROFILES_DIR)]
+    # A fresh clone, CI and the image build get the packages here (local ones need no network).
+    has_packages = any((paths.DBT_PROJECT_DIR / f).exists() for f in ("packages.yml", "dependencies.yml"))
+    if has_packages and not dbtRunner().invoke(["deps", *project]).success:
+        print("dbt deps failed (see above)", file=sys.stderr)
+        return 1
     result = dbtRunner().invoke(
         [
             "parse",
-            "--project-dir",
-            str(paths.DBT_PROJECT_DIR),
-            "--profiles-dir",
-            str(paths.DBT_PROFILES_DIR),
+            *project,
             "--target-path",
             str(paths.DBT_MANIFEST.parent),
             "--quiet",
@@ -142,7 +145,7 @@ def compile_manifest() -> int:
     if not result.success:
         print(f"dbt parse failed: {result.exception}", file=sys.stderr)
         return 1
-    print(f"wrote {paths.DBT_MANIFEST.relative_to(paths.REPO)}")
+    print(f"wrote {paths.DBT_MANIFEST}")
     return 0
 
 

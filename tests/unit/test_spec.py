@@ -78,7 +78,7 @@ BROKEN = [
         "field 'airbyte.poll_interval': Value error, must be between 1 second and 10 minutes",
     ),
     ("airbyte.connections.0.schema", "raw", "field 'airbyte.connections.0.schema': unknown field"),
-    ("dbt.selector", ..., "field 'dbt.selector': required field is missing"),
+    ("dbt.selector", ..., "field 'dbt': Value error, set either 'selector' or 'select'"),
     ("backfill.sync", "sometimes", "field 'backfill.sync': Input should be 'always', 'if_behind' or 'never'"),
     ("limits.retries", -1, "field 'limits.retries': Input should be greater than or equal to 0"),
     (
