@@ -142,7 +142,7 @@ def doc_md(spec: PipelineSpec) -> str:
 {spec.description.strip()}
 
 **Owners:** {", ".join(spec.owners)} · **Spec:** `include/pipelines/{spec.name}.yaml` ·
-**dbt selector:** `{spec.dbt.selector if spec.dbt else "none (no dbt)"}` · **Alerts:** {", ".join(routes) or "none"}
+**dbt selection:** `{(spec.dbt.selector or " ".join(spec.dbt.select)) if spec.dbt else "none"}` · **Alerts:** {", ".join(routes) or "none"}
 
 **Airbyte connections** (synced in parallel; the wait runs in the triggerer):
 {connections or "none (dbt only)"}
