@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -68,6 +68,16 @@ class Alert:
     airbyte_job_id: str | None = None
     airbyte_job_url: str | None = None
     dbt_failures: tuple[DbtFailure, ...] = field(default_factory=tuple)
+    run_type: str | None = None
+
+    @property
+    def window(self) -> str:
+        """The data window an incident is about: its interval start, else the run (no interval)."""
+        try:
+            start = datetime.fromisoformat(self.interval_start or "")
+        except ValueError:
+            return self.interval_start or self.run_id or "no-run"
+        return start.replace(tzinfo=start.tzinfo or UTC).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
     # -- links ----------------------------------------------------------------------------------
 
@@ -191,6 +201,15 @@ class Alert:
         first_error = (self.error or "").splitlines()[0] if self.error else ""
         log = f" · <{self.log_url}|log>" if self.log_url else ""
         return _slack_escape(f"{self.title} (try {self.tries}) {first_error}".strip()) + log
+
+    def plain_text(self) -> str:
+        """The mail's text/plain part: the same facts and links, no markup."""
+        lines = [self.title, ""]
+        lines += [
+            f"{label}: {value}" if label != "Error" else f"{label}:\n{value}" for label, value in self.facts()
+        ]
+        lines += ["", *(f"{text}: {href}" for text, href in self.links())]
+        return "\n".join(lines).strip() + "\n"
 
     def pagerduty_details(self) -> dict[str, str]:
         details = {label.lower().replace(" ", "_"): value for label, value in self.facts()}
@@ -402,7 +421,8 @@ def from_deadline_context(pipeline: str, context: Mapping[str, Any] | None) -> A
     dag_run = context.get("dag_run") or {}
     deadline = context.get("deadline") or {}
     state = dag_run.get("state")
-    reason = f"not done by its deadline {_iso(deadline.get('deadline_time'))}"
+    window = f"{dag_run.get('data_interval_start')} → {dag_run.get('data_interval_end')}"
+    reason = f"window {window} not done by its deadline {_iso(deadline.get('deadline_time'))}"
     if state:
         reason += f" (run is {state})"
     return Alert(
@@ -414,4 +434,5 @@ def from_deadline_context(pipeline: str, context: Mapping[str, Any] | None) -> A
         interval_end=_iso(dag_run.get("data_interval_end")),
         reason=reason,
         base_url=base_url(),
+        run_type=dag_run.get("run_type"),
     )

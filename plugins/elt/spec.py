@@ -163,7 +163,13 @@ class PipelineSpec(_Model):
     dbt: Dbt
     alerts: Alerts = Alerts()
     deadline: timedelta | None = Field(
-        default=None, description="page when a run is not done this long after its interval ends"
+        default=None,
+        description=(
+            "page when a run is not done this long after its data interval ends (PT6H on a daily "
+            "schedule: the marts for day D are ready by D+1 06:00); counted from the window, not from "
+            "when the run was queued or cleared; runs without a window, failed runs and backfills do not "
+            "page for it"
+        ),
     )
     backfill: Backfill = Backfill()
     limits: Limits = Limits()
