@@ -16,6 +16,7 @@ from elt import alerting, paths
 from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.assets import raw_table_asset
 from elt.dbt import dbt_task_group, run_window
+from elt.lineage import attach_lineage
 from elt.spec import PipelineSpec, load_spec
 
 
@@ -60,6 +61,7 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
     ) as dag:
         syncs = [_airbyte_group(spec, connection) for connection in spec.airbyte.connections]
         dbt = dbt_task_group(spec)
+        attach_lineage(dbt)  # stream -> source -> model edges on the Assets page
         syncs >> dbt
     return dag
 
