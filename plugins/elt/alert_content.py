@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from elt import paths
 
-Event = Literal["task_failed", "task_retry", "run_failed", "deadline_missed", "recovered"]
+Event = Literal["task_failed", "task_retry", "run_failed", "deadline_missed", "recovered", "no_rows"]
 
 ERROR_LIMIT = 600  # characters of error text: enough to triage, short enough for a phone screen
 EMOJI = {
@@ -29,6 +29,7 @@ EMOJI = {
     "run_failed": ":red_circle:",
     "deadline_missed": ":alarm_clock:",
     "recovered": ":large_green_circle:",
+    "no_rows": ":warning:",
 }
 # Credentials that can sit in an error text without the secrets masker knowing them.
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
@@ -121,6 +122,7 @@ class Alert:
             "run_failed": "run failed",
             "deadline_missed": "run missed its deadline",
             "recovered": "recovered",
+            "no_rows": f"task {self.task_id} synced 0 rows",
         }[self.event]
         return f"{self.pipeline}: {what}"
 

@@ -30,7 +30,7 @@ import logging
 import os
 from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -45,7 +45,7 @@ from elt import alert_content
 from elt.alert_content import Alert
 
 if TYPE_CHECKING:
-    from elt.spec import Alerts, PipelineSpec
+    from elt.spec import AirbyteConnection, Alerts, PipelineSpec
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,16 @@ def task_callbacks(spec: PipelineSpec) -> dict[str, Any]:
     if retry_routes:
         callbacks["on_retry_callback"] = [TaskRetry(spec.name, retry_routes)]
     return callbacks
+
+
+def sync_volume_callbacks(spec: PipelineSpec, connection: AirbyteConnection) -> dict[str, Any]:
+    """Arguments of a connection's wait task: warn when its sync succeeded with 0 rows (`expect_rows`)."""
+    routes = tuple(
+        replace(r, severity="warning") for r in routes_of(spec) if r.kind != "pagerduty"
+    )  # a warning, not a page
+    if not (connection.expect_rows and routes):
+        return {}
+    return {"on_success_callback": [SyncLoadedNoRows(spec.name, routes, connection.name, str(connection.id))]}
 
 
 def dag_arguments(spec: PipelineSpec) -> dict[str, Any]:
@@ -228,6 +238,30 @@ class TaskRetry(_Callback):
 
     def handle(self, context: Mapping[str, Any]) -> None:
         alert = alert_content.from_task_context("task_retry", self.pipeline, context)
+        if silenced_until(self.pipeline):
+            return
+        deliver(alert, self.routes, context)
+
+
+@dataclass(frozen=True)
+class SyncLoadedNoRows(_Callback):
+    """The wait task succeeded: warn if its Airbyte job loaded nothing (its return value {job_id, rows_synced})."""
+
+    connection: str = ""
+    connection_id: str = ""
+
+    def handle(self, context: Mapping[str, Any]) -> None:
+        ti = context.get("ti") or context.get("task_instance")
+        result = ti.xcom_pull(task_ids=ti.task_id) if ti is not None else None
+        if not isinstance(result, Mapping) or result.get("rows_synced") != 0:
+            return  # rows arrived (or the count is unknown: no warning on a guess)
+        alert = alert_content.from_task_context("no_rows", self.pipeline, context)
+        alert = replace(
+            alert,
+            airbyte_job_id=str(result.get("job_id")),
+            reason=f"Airbyte job {result.get('job_id')} of connection {self.connection} ({self.connection_id}) "
+            "succeeded but loaded 0 rows; the spec expects rows (set expect_rows: false if that is normal)",
+        )
         if silenced_until(self.pipeline):
             return
         deliver(alert, self.routes, context)

@@ -97,6 +97,7 @@ def _airbyte_group(spec: PipelineSpec, connection) -> TaskGroup:
             execution_timeout=airbyte.sync_timeout,
             outlets=[raw_table_asset(connection.destination_schema, s.name) for s in connection.streams],
             doc_md="Waits for the Airbyte job in the triggerer; publishes one asset per stream.",
+            **alerting.sync_volume_callbacks(spec, connection),
         )
         sync >> wait
     return group

@@ -56,6 +56,10 @@ class AirbyteConnection(_Model):
     name: Identifier = Field(description="short name, used for the task group id")
     destination_schema: Identifier = Field(description="schema the connection writes its raw tables into")
     streams: list[AirbyteStream] = Field(min_length=1)
+    expect_rows: bool = Field(
+        default=True,
+        description="warn on-call (Slack/email, severity warning) when a successful sync loaded 0 rows",
+    )
 
     @field_validator("streams", mode="before")
     @classmethod

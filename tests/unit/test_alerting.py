@@ -443,3 +443,36 @@ def test_pagerduty_connection_without_host_targets_pagerduty_itself() -> None:
     notifier = alerting.PagerdutyEventsNotifier(summary="s", severity="error", pagerduty_events_conn_id="pd")
     assert notifier.hook_async.base_url == "https://events.pagerduty.com"
     assert os.environ.get("AIRFLOW_CONN_PD") is None
+
+
+@pytest.mark.parametrize("rows", [0, 1234])
+def test_a_sync_that_loaded_no_rows_warns_slack_and_email_but_never_pages(
+    dag: DAG, recorded: Any, rows: int
+) -> None:
+    context = task_context(dag, "airbyte_energy.wait", None)
+    returned = {"job_id": 77, "rows_synced": rows}  # what the wait task returns (its XCom)
+    context["ti"].xcom_pull = lambda task_ids: returned if task_ids == "airbyte_energy.wait" else None
+    run_callbacks(context["task"].on_success_callback, context)
+
+    got = recorded()
+    if rows:
+        assert got == {"slack": [], "pagerduty": [], "email": []}
+        return
+    assert (len(got["slack"]), len(got["pagerduty"]), len(got["email"])) == (1, 0, 1)
+    slack = got["slack"][0]["body"]["text"]
+    for expected in (
+        "[warning]",
+        "0 rows",
+        "Airbyte job 77",
+        "energy",
+        "4d2f7268-e2ac-4fa7-a3a6-97286f22d617",
+    ):
+        assert expected in slack, expected
+    assert "0 rows" in got["email"][0]["subject"] and "Airbyte job 77" in got["email"][0]["text"]
+
+
+def test_expect_rows_false_installs_no_volume_check(receivers: Receivers) -> None:
+    data = spec_data()
+    data["airbyte"]["connections"][0]["expect_rows"] = False
+    quiet = dag_from_spec(PipelineSpec.model_validate({**data, "name": "energy_meters_quiet"}))
+    assert not quiet.get_task("airbyte_energy.wait").on_success_callback

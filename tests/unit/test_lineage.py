@@ -57,5 +57,7 @@ def test_streams_feed_staging_and_models_feed_marts(execution: str) -> None:
     assert wait_outlets == staging_inlets
     # dbt tests produce nothing: only models do.
     assert all(
-        not tables(t.outlets) for t in dag.tasks if t.task_id.endswith(("test", ".test")) and "dbt." in t.task_id
+        not tables(t.outlets)
+        for t in dag.tasks
+        if t.task_id.endswith(("test", ".test")) and "dbt." in t.task_id
     )
