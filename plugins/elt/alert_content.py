@@ -22,7 +22,7 @@ from elt import paths
 
 Event = Literal["task_failed", "task_retry", "run_failed", "deadline_missed", "recovered", "no_rows"]
 
-ERROR_LIMIT = 600  # characters of error text: enough to triage, short enough for a phone screen
+ERROR_LIMIT = 1200  # characters of error text: enough to triage, short enough for a phone screen
 EMOJI = {
     "task_failed": ":red_circle:",
     "task_retry": ":large_yellow_circle:",
@@ -261,7 +261,11 @@ def error_summary(error: object, mask: bool = True) -> str | None:
         from airflow.sdk.log import redact
 
         text = str(redact(text))
-    return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 1] + "…"
+    if len(text) <= ERROR_LIMIT:
+        return text
+    # Keep both ends: the head says what failed, the tail often says why (the last lines of a job log).
+    head = ERROR_LIMIT // 3
+    return f"{text[:head]}\n…\n{text[-(ERROR_LIMIT - head - 3) :]}"
 
 
 def _iso(value: object) -> str | None:

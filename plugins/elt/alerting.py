@@ -237,10 +237,25 @@ class TaskRetry(_Callback):
     """A task failed and will retry: a low-severity line for the routes that asked for it; never pages."""
 
     def handle(self, context: Mapping[str, Any]) -> None:
+        if _is_dbt_watcher_task(context.get("task")):
+            # Watcher mode: try 1 only relays the producer's `dbt build` results (which can name a node
+            # that a re-run then passes); the retry re-runs the node for real, and its final failure pages.
+            log.info("No retry line for dbt watcher task %s", _get_task_id(context))
+            return
         alert = alert_content.from_task_context("task_retry", self.pipeline, context)
         if silenced_until(self.pipeline):
             return
         deliver(alert, self.routes, context)
+
+
+def _is_dbt_watcher_task(task: object) -> bool:
+    from cosmos.operators.watcher import DbtConsumerWatcherSensor, DbtProducerWatcherOperator
+
+    return isinstance(task, DbtConsumerWatcherSensor | DbtProducerWatcherOperator)
+
+
+def _get_task_id(context: Mapping[str, Any]) -> str | None:
+    return getattr(context.get("ti") or context.get("task"), "task_id", None)
 
 
 @dataclass(frozen=True)

@@ -476,3 +476,22 @@ def test_expect_rows_false_installs_no_volume_check(receivers: Receivers) -> Non
     data["airbyte"]["connections"][0]["expect_rows"] = False
     quiet = dag_from_spec(PipelineSpec.model_validate({**data, "name": "energy_meters_quiet"}))
     assert not quiet.get_task("airbyte_energy.wait").on_success_callback
+
+
+@pytest.mark.parametrize("task_id", ["dbt.dbt_producer_watcher", "dbt.dim_meters.test", "dbt.dim_meters.run"])
+def test_dbt_watcher_tasks_post_no_retry_line(dag: DAG, recorded: Any, task_id: str) -> None:
+    # Their first try only relays `dbt build`'s results; the retry re-runs the node and may pass.
+    context = task_context(dag, task_id, RuntimeError("dbt.dim_meters.test: status 'fail'"), try_number=1)
+    run_callbacks(context["task"].on_retry_callback, context)
+    assert recorded() == {"slack": [], "pagerduty": [], "email": []}
+
+
+def test_a_long_error_keeps_its_head_and_its_tail() -> None:
+    from elt.alert_content import ERROR_LIMIT, error_summary
+
+    text = "Airbyte job 7 failed: " + "x" * 5000 + " HTTP 401 from meter API (token expired)"
+    summary = error_summary(text, mask=False)
+    assert len(summary) <= ERROR_LIMIT
+    assert summary.startswith("Airbyte job 7 failed") and summary.endswith(
+        "HTTP 401 from meter API (token expired)"
+    )
