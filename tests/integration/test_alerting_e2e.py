@@ -323,6 +323,18 @@ def test_a_run_past_its_deadline_pages_while_it_is_still_running(
             f"/api/v2/dags/{ECOMMERCE}/dagRuns/{urllib.request.quote(run_id, safe='')}", {"state": "failed"}
         )
         airbyte.delete("/local/faults").raise_for_status()
+        # Let the released job end, so the next run starts a sync of its own instead of attaching to it.
+        job_id = client.get(
+            f"/api/v2/dags/{ECOMMERCE}/dagRuns/{quoted(run_id)}/taskInstances/airbyte_ecommerce.sync/xcomEntries/return_value"
+        )["value"]
+        for _ in range(100):
+            if airbyte.get(f"/local/jobs/{job_id}").json()["status"] not in (
+                "pending",
+                "running",
+                "incomplete",
+            ):
+                break
+            time.sleep(3)
 
 
 def test_a_run_that_failed_does_not_page_again_at_its_deadline(
