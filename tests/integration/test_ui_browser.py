@@ -257,24 +257,31 @@ EXPECTED_TASK_EDGES = {
 FAILURE_CAUSE = "HTTP 401 from meter API (token expired)"
 
 
-def _asset_edges(ui: UI, asset_id: int) -> tuple[set[str], set[str]]:
-    """(producing tasks, consuming tasks) of the asset, read from its page's Task Dependencies graph."""
+def _asset_edges(ui: UI, asset_id: int, expected: tuple[set[str], set[str]]) -> tuple[set[str], set[str]]:
+    """(producing tasks, consuming tasks) of the asset, read from its page's Task Dependencies graph.
+
+    Reads the graph until it shows the expected edges (it lays them out in steps) or 60 s pass.
+    """
     ui.open(f"/assets/{asset_id}", "Task Dependencies")
     ui.page.get_by_role("button", name="Task Dependencies").click()
-    ui.page.locator(".react-flow__edge").first.wait_for()
-    time.sleep(2)  # the graph lays out its edges after the first one
+    ui.page.reload()  # the graph may still show the previously opened asset until a fresh load
     me = f"asset:{asset_id}"
-    produced, consumed = set(), set()
-    for edge in ui.page.locator(".react-flow__edge").all():
-        match = re.fullmatch(r"Edge from (\S+) to (\S+)", edge.get_attribute("aria-label") or "")
-        if not match:
-            continue
-        source, target = match.groups()
-        if target == me and source.startswith("task:"):
-            produced.add(source.split("__SEPARATOR__")[-1])
-        if source == me and target.startswith("task:"):
-            consumed.add(target.split("__SEPARATOR__")[-1])
-    return produced, consumed
+    mine = f'.react-flow__edge[data-id$="-{me}"], .react-flow__edge[data-id^="{me}-"]'
+    ui.page.locator(mine).first.wait_for(state="attached")  # SVG edges count as hidden to Playwright
+    deadline = time.monotonic() + 60
+    while True:
+        produced, consumed = set(), set()
+        for edge in ui.page.locator(mine).all():
+            source, _, target = (
+                (edge.get_attribute("aria-label") or "").removeprefix("Edge from ").partition(" to ")
+            )
+            if target == me and source.startswith("task:"):
+                produced.add(source.split("__SEPARATOR__")[-1])
+            if source == me and target.startswith("task:"):
+                consumed.add(target.split("__SEPARATOR__")[-1])
+        if (expected[0] <= produced and expected[1] <= consumed) or time.monotonic() > deadline:
+            return produced, consumed
+        time.sleep(2)
 
 
 def test_assets_page_shows_stream_to_staging_to_marts_edges(ui: UI, airflow: AirflowClient) -> None:
@@ -282,7 +289,7 @@ def test_assets_page_shows_stream_to_staging_to_marts_edges(ui: UI, airflow: Air
     for table, (producers, consumers) in EXPECTED_TASK_EDGES.items():
         asset = next((a for a in assets if a["uri"].endswith(f"/{table}")), None)
         assert asset, f"no asset for {table}: {[a['uri'] for a in assets]}"
-        produced, consumed = _asset_edges(ui, asset["id"])
+        produced, consumed = _asset_edges(ui, asset["id"], (producers, consumers))
         ui.shot(f"13-asset-{table.replace('/', '-')}")
         assert producers <= produced, (table, produced)
         assert consumers <= consumed, (table, consumed)
@@ -313,9 +320,21 @@ def _confirm_clear(ui: UI, endpoint: str) -> None:
     dialog.wait_for()
     dialog.get_by_text("Affected Tasks").first.wait_for()
     ui.shot(f"14-clear-dialog-{endpoint}")
-    with ui.page.expect_response(lambda r: endpoint in r.url and r.request.method == "POST") as response:
+
+    def the_clear(r) -> bool:  # not the dialog's dry runs (it lists the affected tasks with those)
+        body = (r.request.post_data or "").replace(" ", "")
+        return endpoint in r.url and r.request.method == "POST" and '"dry_run":false' in body
+
+    with ui.page.expect_response(the_clear) as response:
         dialog.get_by_role("button", name="Confirm").click()
     assert response.value.status == 200, response.value.text()
+
+
+def _wait_for_rerun(airflow: AirflowClient, run_id: str) -> dict:
+    deadline = time.monotonic() + 60
+    while airflow.run(TRIGGERED, run_id)["state"] == "failed" and time.monotonic() < deadline:
+        time.sleep(1)
+    return airflow.wait_for_run(TRIGGERED, run_id, timeout=RUN_TIMEOUT)
 
 
 def _wait_for_resolve(stack: dict[str, str], run_id: str, dedup_key: str) -> None:
@@ -339,7 +358,7 @@ def test_clear_on_the_failed_sync_reruns_it_and_resolves_that_windows_incident(
     ui.page.get_by_role("button", name="Press shift+c to clear").click()
     ui.page.get_by_role("dialog").get_by_text("airbyte_energy.wait").first.wait_for()  # downstream included
     _confirm_clear(ui, "clearTaskInstances")
-    assert airflow.wait_for_run(TRIGGERED, run_id, timeout=RUN_TIMEOUT)["state"] == "success"
+    assert _wait_for_rerun(airflow, run_id)["state"] == "success"
     _wait_for_resolve(stack, run_id, dedup_key)
     # The page carried the cause (the Airbyte job's failure reason), not only "job N failed".
     assert FAILURE_CAUSE in page["payload"]["custom_details"].get("error", ""), page["payload"]
@@ -355,5 +374,5 @@ def test_clear_run_only_failed_tasks_reruns_the_run(
     ui.page.get_by_role("button", name="Press shift+c to clear").first.click()
     ui.page.get_by_role("dialog").get_by_role("button", name="Clear only failed tasks").click()
     _confirm_clear(ui, "/clear")
-    assert airflow.wait_for_run(TRIGGERED, run_id, timeout=RUN_TIMEOUT)["state"] == "success"
+    assert _wait_for_rerun(airflow, run_id)["state"] == "success"
     _wait_for_resolve(stack, run_id, page["dedup_key"])
