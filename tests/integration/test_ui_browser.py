@@ -263,8 +263,8 @@ def _asset_edges(ui: UI, asset_id: int, expected: tuple[set[str], set[str]]) -> 
     Reads the graph until it shows the expected edges (it lays them out in steps) or 60 s pass.
     """
     ui.open(f"/assets/{asset_id}", "Task Dependencies")
+    ui.page.reload()  # else the graph may still show the previously opened asset
     ui.page.get_by_role("button", name="Task Dependencies").click()
-    ui.page.reload()  # the graph may still show the previously opened asset until a fresh load
     me = f"asset:{asset_id}"
     mine = f'.react-flow__edge[data-id$="-{me}"], .react-flow__edge[data-id^="{me}-"]'
     ui.page.locator(mine).first.wait_for(state="attached")  # SVG edges count as hidden to Playwright
