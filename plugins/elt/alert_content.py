@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -20,15 +20,16 @@ from urllib.parse import quote
 
 from elt import paths
 
-Event = Literal["task_failed", "task_retry", "run_failed", "deadline_missed", "recovered"]
+Event = Literal["task_failed", "task_retry", "run_failed", "deadline_missed", "recovered", "no_rows"]
 
-ERROR_LIMIT = 600  # characters of error text: enough to triage, short enough for a phone screen
+ERROR_LIMIT = 1200  # characters of error text: enough to triage, short enough for a phone screen
 EMOJI = {
     "task_failed": ":red_circle:",
     "task_retry": ":large_yellow_circle:",
     "run_failed": ":red_circle:",
     "deadline_missed": ":alarm_clock:",
     "recovered": ":large_green_circle:",
+    "no_rows": ":warning:",
 }
 # Credentials that can sit in an error text without the secrets masker knowing them.
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@", re.IGNORECASE)
@@ -68,6 +69,16 @@ class Alert:
     airbyte_job_id: str | None = None
     airbyte_job_url: str | None = None
     dbt_failures: tuple[DbtFailure, ...] = field(default_factory=tuple)
+    run_type: str | None = None
+
+    @property
+    def window(self) -> str:
+        """The data window an incident is about: its interval start, else the run (no interval)."""
+        try:
+            start = datetime.fromisoformat(self.interval_start or "")
+        except ValueError:
+            return self.interval_start or self.run_id or "no-run"
+        return start.replace(tzinfo=start.tzinfo or UTC).astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
     # -- links ----------------------------------------------------------------------------------
 
@@ -111,6 +122,7 @@ class Alert:
             "run_failed": "run failed",
             "deadline_missed": "run missed its deadline",
             "recovered": "recovered",
+            "no_rows": f"task {self.task_id} synced 0 rows",
         }[self.event]
         return f"{self.pipeline}: {what}"
 
@@ -192,6 +204,15 @@ class Alert:
         log = f" · <{self.log_url}|log>" if self.log_url else ""
         return _slack_escape(f"{self.title} (try {self.tries}) {first_error}".strip()) + log
 
+    def plain_text(self) -> str:
+        """The mail's text/plain part: the same facts and links, no markup."""
+        lines = [self.title, ""]
+        lines += [
+            f"{label}: {value}" if label != "Error" else f"{label}:\n{value}" for label, value in self.facts()
+        ]
+        lines += ["", *(f"{text}: {href}" for text, href in self.links())]
+        return "\n".join(lines).strip() + "\n"
+
     def pagerduty_details(self) -> dict[str, str]:
         details = {label.lower().replace(" ", "_"): value for label, value in self.facts()}
         details.update(
@@ -240,7 +261,11 @@ def error_summary(error: object, mask: bool = True) -> str | None:
         from airflow.sdk.log import redact
 
         text = str(redact(text))
-    return text if len(text) <= ERROR_LIMIT else text[: ERROR_LIMIT - 1] + "…"
+    if len(text) <= ERROR_LIMIT:
+        return text
+    # Keep both ends: the head says what failed, the tail often says why (the last lines of a job log).
+    head = ERROR_LIMIT // 3
+    return f"{text[:head]}\n…\n{text[-(ERROR_LIMIT - head - 3) :]}"
 
 
 def _iso(value: object) -> str | None:
@@ -402,7 +427,8 @@ def from_deadline_context(pipeline: str, context: Mapping[str, Any] | None) -> A
     dag_run = context.get("dag_run") or {}
     deadline = context.get("deadline") or {}
     state = dag_run.get("state")
-    reason = f"not done by its deadline {_iso(deadline.get('deadline_time'))}"
+    window = f"{dag_run.get('data_interval_start')} → {dag_run.get('data_interval_end')}"
+    reason = f"window {window} not done by its deadline {_iso(deadline.get('deadline_time'))}"
     if state:
         reason += f" (run is {state})"
     return Alert(
@@ -414,4 +440,5 @@ def from_deadline_context(pipeline: str, context: Mapping[str, Any] | None) -> A
         interval_end=_iso(dag_run.get("data_interval_end")),
         reason=reason,
         base_url=base_url(),
+        run_type=dag_run.get("run_type"),
     )

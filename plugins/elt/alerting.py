@@ -6,14 +6,15 @@ When it alerts, and where the callback runs in Airflow 3:
 - a retry: task `on_retry_callback`, only for Slack/email routes with `notify_retries` (never pages).
 - a failed run: DAG `on_failure_callback` (dag-processor). When the run failed *because a task failed*,
   that task already paged, so only other causes (dagrun_timeout, deadlock) page here.
-- a run not done by its deadline, still running or not: a Deadline Alert (`deadline=`) whose
-  AsyncCallback runs in the triggerer.
+- a run whose window is not done by its deadline (interval end + `deadline`) and that has not
+  failed already: a Deadline Alert (`deadline=`) whose AsyncCallback runs in the triggerer.
 - the next successful run: DAG `on_success_callback` resolves the PagerDuty incident and posts the
   recovery, if an incident is open.
 
-One PagerDuty incident per pipeline: every event uses the dedup key `elt/<pipeline>`. The open
-incident is remembered in the Airflow Variable `elt_alerting_incident__<pipeline>` (so a normal
-success stays quiet). `elt_alerting_silence` (JSON {"<pipeline>": "<ISO time>" | true}) silences
+One PagerDuty incident per pipeline and data window: every event uses the dedup key
+`elt/<pipeline>/<window start, UTC, %Y%m%dT%H%M%SZ>`; only a success of the same window resolves it.
+The open incident is remembered in the Airflow Variable `elt_alerting_incident__<pipeline>__<window>`
+(so a normal success stays quiet). `elt_alerting_silence` (JSON {"<pipeline>": "<ISO time>" | true}) silences
 a pipeline's failure alerts.
 
 Delivery goes through the providers' notifiers (`notify`, called directly so that an error text is
@@ -28,19 +29,23 @@ import json
 import logging
 from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow.providers.pagerduty.notifications.pagerduty import PagerdutyNotifier
+from airflow.providers.smtp.hooks.smtp import SmtpHook
+from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
 from elt import alert_content
 from elt.alert_content import Alert
 from elt.connections import ROUTE_CONN_TYPES
 
 if TYPE_CHECKING:
-    from elt.spec import PipelineSpec
+    from elt.spec import AirbyteConnection, PipelineSpec
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +77,13 @@ def routes_of(spec: PipelineSpec) -> tuple[Route, ...]:
     return tuple(routes)
 
 
-def dedup_key(pipeline: str) -> str:
-    """One PagerDuty incident per pipeline, whatever task, try or run raised it."""
-    return f"elt/{pipeline}"
+def dedup_key(pipeline: str, window: str) -> str:
+    """One PagerDuty incident per pipeline and data window, whatever task, try or run raised it.
+
+    Per window, so that the success of another window (a backfill, the next day) does not resolve
+    an incident whose window was never re-run.
+    """
+    return f"elt/{pipeline}/{window}"
 
 
 # -- what the DAG factory asks for ----------------------------------------------------------------
@@ -92,6 +101,16 @@ def task_callbacks(spec: PipelineSpec) -> dict[str, Any]:
     return callbacks
 
 
+def sync_volume_callbacks(spec: PipelineSpec, connection: AirbyteConnection) -> dict[str, Any]:
+    """Arguments of a connection's wait task: warn when its sync succeeded with 0 rows (`expect_rows`)."""
+    routes = tuple(
+        replace(r, severity="warning") for r in routes_of(spec) if r.kind != "pagerduty"
+    )  # a warning, not a page
+    if not (connection.expect_rows and routes):
+        return {}
+    return {"on_success_callback": [SyncLoadedNoRows(spec.name, routes, connection.name, str(connection.id))]}
+
+
 def dag_arguments(spec: PipelineSpec) -> dict[str, Any]:
     """DAG constructor arguments: run failure/success callbacks and the deadline alert."""
     routes = routes_of(spec)
@@ -101,15 +120,15 @@ def dag_arguments(spec: PipelineSpec) -> dict[str, Any]:
         "on_failure_callback": [RunFailed(spec.name, routes)],
         "on_success_callback": [RunSucceeded(spec.name, routes)],
     }
-    if spec.deadline is not None:
+    if spec.deadline is not None and spec.schedule is not None:
         from airflow.sdk import AsyncCallback, DeadlineAlert, DeadlineReference
 
-        # Counted from when the run is queued: for a scheduled run that is when its data interval ends,
-        # so "deadline after the interval ends" holds; a backfill of old dates gets the same budget per
-        # run instead of paging at once for every date.
+        # "The window's data is ready by its end + deadline": counted from the logical date (the
+        # interval start) plus one interval. Not DAGRUN_QUEUED_AT: clearing a run of such a DAG answers
+        # 500 on Airflow 3.3.2 (apache/airflow#70368), and a clear should not move the deadline anyway.
         arguments["deadline"] = DeadlineAlert(
-            reference=DeadlineReference.DAGRUN_QUEUED_AT,
-            interval=spec.deadline,
+            reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
+            interval=interval_length(spec.schedule, spec.start_date) + spec.deadline,
             # Callback kwargs are stored as JSON in the metadata DB: scalars only.
             callback=AsyncCallback(
                 deadline_missed,
@@ -118,6 +137,14 @@ def dag_arguments(spec: PipelineSpec) -> dict[str, Any]:
             name=f"{spec.name} deadline",
         )
     return arguments
+
+
+def interval_length(schedule: str, start: date) -> timedelta:
+    """The length of one data interval of a cron schedule (its first one after `start`)."""
+    from croniter import croniter
+
+    first = croniter(schedule, datetime.combine(start, time.min, tzinfo=UTC)).get_next(datetime)
+    return croniter(schedule, first).get_next(datetime) - first
 
 
 # -- callbacks -------------------------------------------------------------------------------------
@@ -152,7 +179,46 @@ class TaskRetry(_Callback):
     """A task failed and will retry: a low-severity line for the routes that asked for it; never pages."""
 
     def handle(self, context: Mapping[str, Any]) -> None:
+        if _is_dbt_watcher_task(context.get("task")):
+            # Watcher mode: try 1 only relays the producer's `dbt build` results (which can name a node
+            # that a re-run then passes); the retry re-runs the node for real, and its final failure pages.
+            log.info("No retry line for dbt watcher task %s", _get_task_id(context))
+            return
         alert = alert_content.from_task_context("task_retry", self.pipeline, context)
+        if silenced_until(self.pipeline):
+            return
+        deliver(alert, self.routes, context)
+
+
+def _is_dbt_watcher_task(task: object) -> bool:
+    from cosmos.operators.watcher import DbtConsumerWatcherSensor, DbtProducerWatcherOperator
+
+    return isinstance(task, DbtConsumerWatcherSensor | DbtProducerWatcherOperator)
+
+
+def _get_task_id(context: Mapping[str, Any]) -> str | None:
+    return getattr(context.get("ti") or context.get("task"), "task_id", None)
+
+
+@dataclass(frozen=True)
+class SyncLoadedNoRows(_Callback):
+    """The wait task succeeded: warn if its Airbyte job loaded nothing (its return value {job_id, rows_synced})."""
+
+    connection: str = ""
+    connection_id: str = ""
+
+    def handle(self, context: Mapping[str, Any]) -> None:
+        ti = context.get("ti") or context.get("task_instance")
+        result = ti.xcom_pull(task_ids=ti.task_id) if ti is not None else None
+        if not isinstance(result, Mapping) or result.get("rows_synced") != 0:
+            return  # rows arrived (or the count is unknown: no warning on a guess)
+        alert = alert_content.from_task_context("no_rows", self.pipeline, context)
+        alert = replace(
+            alert,
+            airbyte_job_id=str(result.get("job_id")),
+            reason=f"Airbyte job {result.get('job_id')} of connection {self.connection} ({self.connection_id}) "
+            "succeeded but loaded 0 rows; the spec expects rows (set expect_rows: false if that is normal)",
+        )
         if silenced_until(self.pipeline):
             return
         deliver(alert, self.routes, context)
@@ -183,6 +249,15 @@ async def deadline_missed(pipeline: str, routes: str, context: Mapping[str, Any]
     """
     parsed = tuple(Route(**{**r, "to": tuple(r.get("to", ()))}) for r in json.loads(routes))
     alert = alert_content.from_deadline_context(pipeline, context)
+    state = ((context or {}).get("dag_run") or {}).get("state")
+    if state == "failed":
+        # Its failure paged already (task or run callback); a second page for the same window adds nothing.
+        log.info("Deadline of %s run %s passed after the run failed: no page", pipeline, alert.run_id)
+        return "not sent: the run had already failed"
+    if alert.run_type == "backfill":
+        # A backfill of old dates is past its windows' deadlines from the start; its failures still page.
+        log.info("Deadline of %s backfill run %s: no page", pipeline, alert.run_id)
+        return "not sent: backfill run"
     # The notifiers and connection lookups are synchronous; keep the triggerer's event loop free.
     results = await asyncio.to_thread(page, alert, parsed, dict(context or {}))
     return "; ".join(f"{route}: {error or 'sent'}" for route, error in results.items()) or "silenced"
@@ -209,14 +284,15 @@ def page(alert: Alert, routes: Sequence[Route], context: Mapping[str, Any]) -> d
 
 
 def recover(alert: Alert, routes: Sequence[Route], context: Mapping[str, Any]) -> dict[str, str | None]:
-    state = incidents.is_open(alert.pipeline)
+    """Resolve the incident of this run's window (not other windows'), if it is open."""
+    state = incidents.is_open(alert)
     if state is False:
         return {}
     # Unknown state (the Variable could not be read): resolve anyway, PagerDuty ignores unknown keys,
     # but do not post a recovery nobody was told about.
     targets = routes if state else [r for r in routes if r.kind == "pagerduty"]
     results = deliver(alert, targets, context)
-    incidents.closed(alert.pipeline)
+    incidents.closed(alert)
     return results
 
 
@@ -272,7 +348,7 @@ def notifier(alert: Alert, route: Route) -> Any:
             severity=route.severity,
             source=urlsplit(alert.base_url).netloc or "airflow",
             action="resolve" if alert.event == "recovered" else "trigger",
-            dedup_key=dedup_key(alert.pipeline),
+            dedup_key=dedup_key(alert.pipeline, alert.window),
             custom_details=alert.pagerduty_details(),
             group=alert.pipeline,
             component=alert.task_id or "dag_run",
@@ -280,15 +356,46 @@ def notifier(alert: Alert, route: Route) -> Any:
             links=alert.pagerduty_links(),
         )
     if route.kind == "email":
-        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
-        return SmtpNotifier(
+        return SmtpAlternativeNotifier(
+            text_content=alert.plain_text(),
             to=list(route.to),
             subject=alert.email_subject,
             html_content=alert.email_html(),
             smtp_conn_id=route.conn_id,
         )
     raise ValueError(f"unknown alert route {route.kind!r}")
+
+
+class _AlternativeSmtpHook(SmtpHook):
+    """The provider's SMTP hook, whose mail carries a text/plain part beside the HTML (it sends HTML only)."""
+
+    def __init__(self, *args: Any, text_content: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.text_content = text_content
+
+    def _build_mime_message(self, *args: Any, **kwargs: Any) -> tuple[MIMEMultipart, list[str]]:
+        msg, recipients = super()._build_mime_message(*args, **kwargs)
+        parts = msg.get_payload()
+        html_part = next(p for p in parts if p.get_content_type() == "text/html")
+        alternative = MIMEMultipart("alternative")  # clients show the last part they can render
+        alternative.attach(MIMEText(self.text_content, "plain", html_part.get_content_charset() or "utf-8"))
+        alternative.attach(html_part)
+        msg.set_payload([alternative if p is html_part else p for p in parts])
+        return msg, recipients
+
+
+class SmtpAlternativeNotifier(SmtpNotifier):
+    """The provider's SMTP notifier, sending a text part as well as the HTML."""
+
+    def __init__(self, *, text_content: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.text_content = text_content
+
+    @property
+    def hook(self) -> SmtpHook:
+        return _AlternativeSmtpHook(
+            smtp_conn_id=self.smtp_conn_id, auth_type=self.auth_type, text_content=self.text_content
+        )
 
 
 class PagerdutyEventsNotifier(PagerdutyNotifier):
@@ -342,45 +449,46 @@ def silenced_until(pipeline: str, now: datetime | None = None) -> datetime | Non
 
 
 class Incidents:
-    """Open PagerDuty incidents per pipeline, as Airflow Variables (visible and deletable in the UI)."""
+    """Open PagerDuty incidents per pipeline and window, as Airflow Variables (visible and deletable in the UI)."""
 
-    def key(self, pipeline: str) -> str:
-        return f"{INCIDENT_VARIABLE_PREFIX}{pipeline}"
+    def key(self, alert: Alert) -> str:
+        return f"{INCIDENT_VARIABLE_PREFIX}{alert.pipeline}__{alert.window}"
 
     def opened(self, alert: Alert) -> None:
         from airflow.sdk import Variable
 
         marker = {
-            "dedup_key": dedup_key(alert.pipeline),
+            "dedup_key": dedup_key(alert.pipeline, alert.window),
             "opened_at": datetime.now(UTC).isoformat(),
             "run_id": alert.run_id,
             "task_id": alert.task_id,
             "event": alert.event,
+            "data_interval": [alert.interval_start, alert.interval_end],
         }
         try:
-            if self.is_open(alert.pipeline):
+            if self.is_open(alert):
                 return  # keep the first cause: that is when the incident started
-            Variable.set(self.key(alert.pipeline), json.dumps(marker), description="open on-call incident")
+            Variable.set(self.key(alert), json.dumps(marker), description="open on-call incident")
         except Exception as err:
             log.warning("Could not record the open incident of %s: %s", alert.pipeline, err)
 
-    def is_open(self, pipeline: str) -> bool | None:
+    def is_open(self, alert: Alert) -> bool | None:
         """True/False, or None when it cannot be known."""
         from airflow.sdk import Variable
 
         try:
-            return Variable.get(self.key(pipeline), default=None) is not None
+            return Variable.get(self.key(alert), default=None) is not None
         except Exception as err:
-            log.warning("Could not read the incident state of %s: %s", pipeline, err)
+            log.warning("Could not read the incident state of %s: %s", alert.pipeline, err)
             return None
 
-    def closed(self, pipeline: str) -> None:
+    def closed(self, alert: Alert) -> None:
         from airflow.sdk import Variable
 
         try:
-            Variable.delete(self.key(pipeline))
+            Variable.delete(self.key(alert))
         except Exception as err:
-            log.warning("Could not clear the incident state of %s: %s", pipeline, err)
+            log.warning("Could not clear the incident state of %s: %s", alert.pipeline, err)
 
 
 incidents = Incidents()

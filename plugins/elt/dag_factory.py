@@ -16,6 +16,7 @@ from elt import alerting, paths
 from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.assets import raw_table_asset
 from elt.dbt import TEMPLATE_MACROS, dbt_task_group, rebuild_params, source_freshness_task
+from elt.lineage import attach_lineage
 from elt.spec import PipelineSpec, check_environment, load_spec
 
 
@@ -68,12 +69,14 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
     ) as dag:
         syncs = [_airbyte_group(spec, c) for c in spec.airbyte.connections] if spec.airbyte else []
         if spec.dbt is not None:
+            dbt = dbt_task_group(spec)
+            attach_lineage(dbt)  # stream -> source -> model edges on the Assets page
             upstream = syncs
             if spec.dbt.freshness != "off":
                 freshness = source_freshness_task(spec)
                 syncs >> freshness
                 upstream = [freshness]
-            upstream >> dbt_task_group(spec)
+            upstream >> dbt
     return dag
 
 
@@ -108,6 +111,7 @@ def _airbyte_group(spec: PipelineSpec, connection) -> TaskGroup:
             execution_timeout=airbyte.sync_timeout,
             outlets=[raw_table_asset(connection.destination_schema, s.name) for s in connection.streams],
             doc_md="Waits for the Airbyte job in the triggerer; publishes one asset per stream.",
+            **alerting.sync_volume_callbacks(spec, connection),
         )
         sync >> wait
     return group

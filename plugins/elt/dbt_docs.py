@@ -1,6 +1,10 @@
 """Generate the dbt docs site that Cosmos's plugin shows in the Airflow UI (Browse → dbt docs).
 
-    python -m elt.dbt_docs [--target-dir DIR]
+    set -a; . .local/stack.env; set +a          # locally: the stack's connections and settings
+    PYTHONPATH=plugins .venv/bin/python -m elt.dbt_docs [--target-dir DIR]
+
+(`elt` lives in plugins/, which Airflow puts on sys.path for its own processes only; in the
+images PYTHONPATH already includes it.)
 
 `dbt docs generate` queries the warehouse for its catalog, so this runs after the stack is up
 (best after a pipeline run, so the marts are in the catalog). The profile comes from the

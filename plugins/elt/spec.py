@@ -194,6 +194,10 @@ class AirbyteConnection(_Model):
     name: Identifier = Field(description="short name, used for the task group id")
     destination_schema: Identifier = Field(description="schema the connection writes its raw tables into")
     streams: list[AirbyteStream] = Field(min_length=1)
+    expect_rows: bool = Field(
+        default=True,
+        description="warn on-call (Slack/email, severity warning) when a successful sync loaded 0 rows",
+    )
 
     @field_validator("streams", mode="before")
     @classmethod
@@ -339,7 +343,13 @@ class PipelineSpec(_Model):
     dbt: Dbt | None = None
     alerts: Alerts = Alerts()
     deadline: Duration(SECOND, 30 * DAY) | None = Field(  # type: ignore[valid-type]
-        default=None, description="page when a run is not done this long after it was queued"
+        default=None,
+        description=(
+            "page when a run is not done this long after its data interval ends (PT6H on a daily "
+            "schedule: the marts for day D are ready by D+1 06:00); counted from the window, not from "
+            "when the run was queued or cleared; runs without a window, failed runs and backfills do not "
+            "page for it"
+        ),
     )
     backfill: Backfill = Backfill()
     limits: Limits = Limits()

@@ -2,16 +2,20 @@
 
 The shipped pipelines carry no alert routes to a local receiver and no one-minute deadline, so this
 module runs its own stack (like test_stack.py: a separate STACK_HOME on other ports) whose
-pipelines are the shipped specs plus alert routes, one retry after 5 s, and, for ecommerce_sales,
-a 45-second deadline. The receivers (dev.receivers) run in this process.
+pipelines are the shipped specs plus alert routes, one retry after 5 s, dbt in the default watcher
+mode, and, for ecommerce_sales, a 45-second deadline after the window ends (energy_meters' deadline
+is moved past the test). The receivers (dev.receivers) run in this process.
 
 Scenarios, in order (they share the stack and the pipelines' incident state):
 1. the local Airbyte fails the energy job -> the run fails, exactly one PagerDuty trigger and one
-   Slack message, both with the Airbyte job id;
-2. the next successful run -> exactly one PagerDuty resolve, and the recovery in Slack;
-3. a dbt test fails -> a retry line, then the page names the failing test;
-4. a deadline shorter than the run -> a page while the run is still running;
-5. the receivers are down -> the run is still failed and the task log says why the alert was not delivered.
+   Slack message, both with the Airbyte job id and the job's failure reason;
+2. Clear on the failed `sync` (with downstream, as the UI does) -> 200, the re-run succeeds, and
+   exactly one PagerDuty resolve of that window's incident, and the recovery in Slack;
+3. a dbt test fails -> the page names the failing test and its compiled SQL; no retry line blames
+   a task that ends up passing; clearing the whole run (failed tasks) after the fix -> 200, success, resolve;
+4. a deadline shorter than the run -> a page, naming the window, while the run is still running;
+5. a run that failed before its deadline -> no page at the deadline (the deadline is marked missed);
+6. the receivers are down -> the run is still failed and the task log says why the alert was not delivered.
 
 ALERTING_E2E_STACK_HOME reuses (and leaves running) a stack started earlier with the same settings.
 """
@@ -26,6 +30,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +60,8 @@ CONNECTION = {
     ECOMMERCE: "c19e6614-68eb-489d-94b1-58e56dfa934e",
 }
 BAD_ROW_ID = "alerting-e2e-bad-row"
+DEADLINE_SECONDS = 45
+FAILURE_CAUSE = "HTTP 401 from meter API (token expired)"
 
 pytestmark = pytest.mark.stack
 
@@ -69,11 +76,11 @@ def pipelines(directory: Path) -> Path:
         spec = yaml.safe_load((REPO / "include" / "pipelines" / f"{name}.yaml").read_text())
         spec["alerts"] = routes
         spec["limits"] = {**spec.get("limits", {}), "retries": 1, "retry_delay": "PT5S"}
-        # One dbt task per model: the failing dbt test surfaces in that model's task, which pages
-        # (in watcher mode the producer's log names it and the model's test task pages).
-        spec["dbt"] = {**spec["dbt"], "execution": "per_model"}
+        spec["dbt"] = {**spec["dbt"], "execution": os.environ.get("ALERTING_E2E_DBT_EXECUTION", "watcher")}
         if name == ECOMMERCE:
-            spec["deadline"] = "PT45S"
+            spec["deadline"] = f"PT{DEADLINE_SECONDS}S"
+        else:  # the window ends at 00:00 UTC: keep its deadline beyond this test, whenever it runs
+            spec["deadline"] = f"PT{datetime.now(UTC).hour + 6}H"
         (directory / f"{name}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return directory
 
@@ -174,42 +181,69 @@ def task_log(client: AirflowClient, dag_id: str, run_id: str, task_id: str, try_
     return json.dumps(client.get(path))
 
 
-def test_a_failed_airbyte_job_fails_the_run_and_pages_once_with_the_job_id(
+def quoted(run_id: str) -> str:
+    return urllib.request.quote(run_id, safe="")
+
+
+def clear_task_like_the_ui(client: AirflowClient, dag_id: str, run_id: str, task_id: str) -> None:
+    """Grid -> failed task -> Clear -> "Downstream" -> Confirm: the request the UI sends."""
+    body = {
+        "dry_run": False,
+        "dag_run_id": run_id,
+        "task_ids": [task_id],
+        "include_downstream": True,
+        "include_upstream": False,
+        "include_future": False,
+        "include_past": False,
+        "only_failed": False,
+        "reset_dag_runs": True,
+    }
+    cleared = client.post(f"/api/v2/dags/{dag_id}/clearTaskInstances", body)  # raises unless 2xx
+    assert task_id in {ti["task_id"] for ti in cleared["task_instances"]}, cleared
+
+
+FAILED_ENERGY_RUN: dict[str, str] = {}
+
+
+def test_a_failed_airbyte_job_fails_the_run_and_pages_once_with_the_job_id_and_cause(
     client: AirflowClient, airbyte: httpx.Client, recorded: Callable[[], dict]
 ) -> None:
     airbyte.post(
-        "/local/faults/fail-next-job",
-        json={"connectionId": CONNECTION[ENERGY], "message": "injected by alerting e2e"},
+        "/local/faults/fail-next-job", json={"connectionId": CONNECTION[ENERGY], "message": FAILURE_CAUSE}
     ).raise_for_status()
     run_id = start_run(client, ENERGY)
     assert client.wait_for_run(ENERGY, run_id, timeout=600)["state"] == "failed"
-    quoted = urllib.request.quote(run_id, safe="")
+    FAILED_ENERGY_RUN["run_id"] = run_id
     job_id = client.get(
-        f"/api/v2/dags/{ENERGY}/dagRuns/{quoted}/taskInstances/airbyte_energy.sync/xcomEntries/return_value"
+        f"/api/v2/dags/{ENERGY}/dagRuns/{quoted(run_id)}/taskInstances/airbyte_energy.sync/xcomEntries/return_value"
     )["value"]
 
     got = settle(recorded)
     triggers = pages(got, "trigger")
     assert len(triggers) == 1, got["pagerduty"]
-    assert triggers[0]["dedup_key"] == f"elt/{ENERGY}"
+    FAILED_ENERGY_RUN["dedup_key"] = triggers[0]["dedup_key"]
+    assert triggers[0]["dedup_key"].startswith(f"elt/{ENERGY}/")  # one incident per pipeline and window
     assert triggers[0]["payload"]["custom_details"]["airbyte_job"] == str(job_id)
     assert f"Airbyte job {job_id}" in triggers[0]["payload"]["summary"]
     assert len(got["slack"]) == 1, got["slack"]
     slack = got["slack"][0]["body"]["text"]
     assert str(job_id) in slack and f"jobId={job_id}" in slack and "airbyte_energy.wait" in slack
     assert len(got["email"]) == 1
+    # The cause, not only "job N failed" (the wait task's error carries the job's failure reason).
+    assert FAILURE_CAUSE in slack and FAILURE_CAUSE in got["email"][0]["text"], slack
 
 
-def test_the_next_successful_run_resolves_the_incident_once(
+def test_clearing_the_failed_sync_reruns_the_window_and_resolves_its_incident(
     client: AirflowClient, recorded: Callable[[], dict]
 ) -> None:
-    run_id = start_run(client, ENERGY)
+    run_id = FAILED_ENERGY_RUN["run_id"]
+    clear_task_like_the_ui(client, ENERGY, run_id, "airbyte_energy.sync")
     assert client.wait_for_run(ENERGY, run_id, timeout=900)["state"] == "success"
 
     got = settle(recorded, until=lambda g: bool(pages(g, "resolve")))
     assert pages(got, "trigger") == []
     resolves = pages(got, "resolve")
-    assert len(resolves) == 1 and resolves[0]["dedup_key"] == f"elt/{ENERGY}"
+    assert [r["dedup_key"] for r in resolves] == [FAILED_ENERGY_RUN["dedup_key"]]
     assert [m["body"]["text"] for m in got["slack"] if "recovered" in m["body"]["text"]]
 
 
@@ -228,24 +262,39 @@ def failing_dbt_test(stack_env: dict[str, str]) -> Iterator[str]:
         conn.execute("delete from raw_energy.muid_1 where _airbyte_raw_id = %s", (BAD_ROW_ID,))
 
 
-def test_a_failing_dbt_test_is_named_in_the_page(
-    client: AirflowClient, failing_dbt_test: str, recorded: Callable[[], dict]
+def test_a_failing_dbt_test_is_named_in_the_page_and_clearing_the_run_resolves_it(
+    client: AirflowClient, failing_dbt_test: str, stack_env: dict[str, str], recorded: Callable[[], dict]
 ) -> None:
     run_id = start_run(client, ENERGY)
     assert client.wait_for_run(ENERGY, run_id, timeout=900)["state"] == "failed"
 
     got = settle(recorded)
     triggers = pages(got, "trigger")
-    assert len(triggers) == 1, got["pagerduty"]
-    details = triggers[0]["payload"]["custom_details"]
-    assert details["failing_dbt_test"].startswith(failing_dbt_test), details
-    assert re.search(
-        r"target/(compiled|run)/managed_elt/models/staging/energy_meters", details["failing_dbt_test"]
+    assert triggers, got["pagerduty"]
+    assert {t["dedup_key"] for t in triggers} == {triggers[0]["dedup_key"]}  # one incident
+    failing = [t["payload"]["custom_details"].get("failing_dbt_test", "") for t in triggers]
+    named = [f for f in failing if f.startswith(failing_dbt_test)]
+    assert named, failing
+    assert re.search(r"target/(compiled|run)/managed_elt/models/staging/energy_meters", named[0]), named
+    # No Slack line may blame a task that ended up passing.
+    states = {ti["task_id"]: ti["state"] for ti in client.task_instances(ENERGY, run_id)}
+    passed = [t for t, state in states.items() if state == "success"]
+    for message in got["slack"]:
+        text = message["body"]["text"]
+        blamed = [t for t in passed if f"task {t} failed" in text]
+        assert not blamed, (blamed, text)
+    assert any(failing_dbt_test in m["body"]["text"] for m in got["slack"])
+
+    # Fix the data, then Clear the whole run (only failed tasks), as the runbook says.
+    with psycopg.connect(stack_env["WAREHOUSE_URL"], autocommit=True) as conn:
+        conn.execute("delete from raw_energy.muid_1 where _airbyte_raw_id = %s", (BAD_ROW_ID,))
+    recorded_before = len(pages(recorded(), "resolve"))
+    client.post(
+        f"/api/v2/dags/{ENERGY}/dagRuns/{quoted(run_id)}/clear", {"dry_run": False, "only_failed": True}
     )
-    assert details["try"] == "2 of 2 (no retries left)"
-    texts = [m["body"]["text"] for m in got["slack"]]
-    assert any("will retry" in t for t in texts), texts  # the retry line (notify_retries) came first
-    assert any(failing_dbt_test in t for t in texts)
+    assert client.wait_for_run(ENERGY, run_id, timeout=900)["state"] == "success"
+    got = settle(recorded, until=lambda g: len(pages(g, "resolve")) > recorded_before)
+    assert triggers[0]["dedup_key"] in [r["dedup_key"] for r in pages(got, "resolve")]
 
 
 def test_a_run_past_its_deadline_pages_while_it_is_still_running(
@@ -264,14 +313,57 @@ def test_a_run_past_its_deadline_pages_while_it_is_still_running(
                 e for e in pages(recorded(), "trigger") if e["payload"].get("class") == "deadline_missed"
             ]
         assert paged, "no deadline page within 180 s"
-        assert client.run(ECOMMERCE, run_id)["state"] == "running"
-        assert paged[0]["dedup_key"] == f"elt/{ECOMMERCE}"
+        run = client.run(ECOMMERCE, run_id)
+        assert run["state"] == "running"
+        assert paged[0]["dedup_key"].startswith(f"elt/{ECOMMERCE}/")
         assert run_id in json.dumps(paged[0])
+        assert f"{run['data_interval_start'][:19]}" in paged[0]["payload"]["summary"]  # names the window
     finally:
         client.patch(
             f"/api/v2/dags/{ECOMMERCE}/dagRuns/{urllib.request.quote(run_id, safe='')}", {"state": "failed"}
         )
         airbyte.delete("/local/faults").raise_for_status()
+        # Let the released job end, so the next run starts a sync of its own instead of attaching to it.
+        job_id = client.get(
+            f"/api/v2/dags/{ECOMMERCE}/dagRuns/{quoted(run_id)}/taskInstances/airbyte_ecommerce.sync/xcomEntries/return_value"
+        )["value"]
+        for _ in range(100):
+            if airbyte.get(f"/local/jobs/{job_id}").json()["status"] not in (
+                "pending",
+                "running",
+                "incomplete",
+            ):
+                break
+            time.sleep(3)
+
+
+def test_a_run_that_failed_does_not_page_again_at_its_deadline(
+    client: AirflowClient, airbyte: httpx.Client, recorded: Callable[[], dict]
+) -> None:
+    # A logical date whose window's deadline (logical date + 1 day + 45 s) is 150 s from now.
+    logical_date = (
+        datetime.now(UTC) + timedelta(seconds=150 - DEADLINE_SECONDS) - timedelta(days=1)
+    ).replace(microsecond=0)
+    airbyte.post(
+        "/local/faults/fail-next-job", json={"connectionId": CONNECTION[ECOMMERCE], "message": FAILURE_CAUSE}
+    ).raise_for_status()
+    run_id = client.trigger(ECOMMERCE, logical_date=logical_date)
+    run = client.wait_for_run(ECOMMERCE, run_id, timeout=600)
+    assert run["state"] == "failed"
+    path = f"/ui/dags/{ECOMMERCE}/dagRuns/{quoted(run_id)}/deadlines"
+    (deadline,) = client.get(path)["deadlines"]
+    deadline_time = datetime.fromisoformat(deadline["deadline_time"])
+    assert datetime.fromisoformat(run["end_date"]) < deadline_time, "the run must fail before its deadline"
+
+    while datetime.now(UTC) < deadline_time + timedelta(seconds=45):
+        time.sleep(5)
+    got = settle(recorded, seconds=5, until=lambda g: client.get(path)["deadlines"][0]["missed"])
+    assert client.get(path)["deadlines"][0]["missed"], "the scheduler did not handle the deadline"
+    time.sleep(20)  # the triggerer runs the callback after the scheduler marks it missed
+    got = recorded()
+    deadline_pages = [e for e in pages(got, "trigger") if e["payload"].get("class") == "deadline_missed"]
+    assert deadline_pages == [], deadline_pages
+    assert len(pages(got, "trigger")) == 1  # the failure's own page
 
 
 def test_with_the_receivers_down_the_failure_stands_and_the_log_says_why(

@@ -1,5 +1,7 @@
 """The Airflow UI in a real browser: login, both pipelines listed, no import errors, one run through
-the UI to success, the dbt task group and the 'Airbyte job' link.
+the UI to success, the dbt task group and the 'Airbyte job' link; the on-call path: the Assets page's
+stream -> staging -> marts edges, a failed sync that pages with its cause, Clear on the failed `sync`
+and Clear of the whole run, each re-run succeeding and resolving that window's incident.
 
 Headless Chromium from Debian's `chromium` package (`make browser`), driven by Playwright's Python
 API; Playwright never downloads a browser here. Screenshots go to artifacts/screenshots/ (git-ignored).
@@ -8,12 +10,14 @@ The run waits up to ELT_UI_RUN_TIMEOUT seconds (default 1800).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +26,7 @@ from urllib.parse import quote
 import pytest
 
 from dev.airflow_client import AirflowClient
+from tests.integration.pipeline_runs import ENERGY_CONNECTION, local_airbyte
 
 pytestmark = pytest.mark.stack
 
@@ -232,3 +237,142 @@ def test_dbt_docs_in_the_browse_menu(ui: UI, stack: dict[str, str]) -> None:
         assert response.ok, f"{artifact}: HTTP {response.status}"
     manifest = ui.page.request.get(f"{ui.base_url}/cosmos/managed_elt/manifest.json").json()
     assert "model.managed_elt.fct_energy_daily" in manifest["nodes"]
+
+
+# -- the on-call path: assets graph, a failed sync's page, Clear from the UI ------------------------
+
+STREAM, STAGING, INTERMEDIATE, MART = (
+    "raw_energy/muid_1",
+    "analytics_staging/stg_energy_meters__muid_1",
+    "analytics_intermediate/int_energy_readings_unpivoted",
+    "analytics_marts/fct_energy_daily",
+)
+# asset -> (tasks that produce it, tasks that consume it), read off the dbt project's SQL
+EXPECTED_TASK_EDGES = {
+    STREAM: ({"airbyte_energy.wait"}, {"dbt.stg_energy_meters__muid_1.run"}),
+    STAGING: ({"dbt.stg_energy_meters__muid_1.run"}, {"dbt.int_energy_readings_unpivoted.run"}),
+    INTERMEDIATE: ({"dbt.int_energy_readings_unpivoted.run"}, {"dbt.fct_energy_daily.run"}),
+    MART: ({"dbt.fct_energy_daily.run"}, set()),
+}
+FAILURE_CAUSE = "HTTP 401 from meter API (token expired)"
+
+
+def _asset_edges(ui: UI, asset_id: int, expected: tuple[set[str], set[str]]) -> tuple[set[str], set[str]]:
+    """(producing tasks, consuming tasks) of the asset, read from its page's Task Dependencies graph.
+
+    Reads the graph until it shows the expected edges (it lays them out in steps) or 60 s pass.
+    """
+    ui.open(f"/assets/{asset_id}", "Task Dependencies")
+    ui.page.reload()  # else the graph may still show the previously opened asset
+    ui.page.get_by_role("button", name="Task Dependencies").click()
+    me = f"asset:{asset_id}"
+    mine = f'.react-flow__edge[data-id$="-{me}"], .react-flow__edge[data-id^="{me}-"]'
+    ui.page.locator(mine).first.wait_for(state="attached")  # SVG edges count as hidden to Playwright
+    deadline = time.monotonic() + 60
+    while True:
+        produced, consumed = set(), set()
+        for edge in ui.page.locator(mine).all():
+            source, _, target = (
+                (edge.get_attribute("aria-label") or "").removeprefix("Edge from ").partition(" to ")
+            )
+            if target == me and source.startswith("task:"):
+                produced.add(source.split("__SEPARATOR__")[-1])
+            if source == me and target.startswith("task:"):
+                consumed.add(target.split("__SEPARATOR__")[-1])
+        if (expected[0] <= produced and expected[1] <= consumed) or time.monotonic() > deadline:
+            return produced, consumed
+        time.sleep(2)
+
+
+def test_assets_page_shows_stream_to_staging_to_marts_edges(ui: UI, airflow: AirflowClient) -> None:
+    assets = airflow.get("/api/v2/assets?limit=200")["assets"]
+    for table, (producers, consumers) in EXPECTED_TASK_EDGES.items():
+        asset = next((a for a in assets if a["uri"].endswith(f"/{table}")), None)
+        assert asset, f"no asset for {table}: {[a['uri'] for a in assets]}"
+        produced, consumed = _asset_edges(ui, asset["id"], (producers, consumers))
+        ui.shot(f"13-asset-{table.replace('/', '-')}")
+        assert producers <= produced, (table, produced)
+        assert consumers <= consumed, (table, consumed)
+
+
+def _recorded(stack: dict[str, str]) -> dict:
+    with urllib.request.urlopen(f"{stack['RECEIVERS_URL']}/recorded", timeout=30) as response:
+        return json.load(response)
+
+
+def _pages_of(stack: dict[str, str], run_id: str, action: str) -> list[dict]:
+    events = [e["body"] for e in _recorded(stack)["pagerduty"]]
+    return [e for e in events if e["event_action"] == action and run_id in json.dumps(e)]
+
+
+def _failed_sync_run(airflow: AirflowClient, stack: dict[str, str]) -> str:
+    local_airbyte(
+        stack, "POST", "/faults/fail-next-job", {"connectionId": ENERGY_CONNECTION, "message": FAILURE_CAUSE}
+    )
+    airflow.unpause(TRIGGERED)
+    run_id = airflow.trigger(TRIGGERED)
+    assert airflow.wait_for_run(TRIGGERED, run_id, timeout=RUN_TIMEOUT)["state"] == "failed"
+    return run_id
+
+
+def _confirm_clear(ui: UI, endpoint: str) -> None:
+    dialog = ui.page.get_by_role("dialog")
+    dialog.wait_for()
+    dialog.get_by_text("Affected Tasks").first.wait_for()
+    ui.shot(f"14-clear-dialog-{endpoint}")
+
+    def the_clear(r) -> bool:  # not the dialog's dry runs (it lists the affected tasks with those)
+        body = (r.request.post_data or "").replace(" ", "")
+        return endpoint in r.url and r.request.method == "POST" and '"dry_run":false' in body
+
+    with ui.page.expect_response(the_clear) as response:
+        dialog.get_by_role("button", name="Confirm").click()
+    assert response.value.status == 200, response.value.text()
+
+
+def _wait_for_rerun(airflow: AirflowClient, run_id: str) -> dict:
+    deadline = time.monotonic() + 60
+    while airflow.run(TRIGGERED, run_id)["state"] == "failed" and time.monotonic() < deadline:
+        time.sleep(1)
+    return airflow.wait_for_run(TRIGGERED, run_id, timeout=RUN_TIMEOUT)
+
+
+def _wait_for_resolve(stack: dict[str, str], run_id: str, dedup_key: str) -> None:
+    deadline = time.monotonic() + 180  # the success callback runs in the dag-processor
+    while time.monotonic() < deadline:
+        if [e for e in _pages_of(stack, run_id, "resolve") if e["dedup_key"] == dedup_key]:
+            return
+        time.sleep(3)
+    pytest.fail(f"no PagerDuty resolve of {dedup_key}: {_recorded(stack)['pagerduty'][-3:]}")
+
+
+def test_clear_on_the_failed_sync_reruns_it_and_resolves_that_windows_incident(
+    ui: UI, airflow: AirflowClient, stack: dict[str, str]
+) -> None:
+    run_id = _failed_sync_run(airflow, stack)
+    (page,) = _pages_of(stack, run_id, "trigger")
+    dedup_key = page["dedup_key"]
+    assert dedup_key.startswith(f"elt/{TRIGGERED}/")
+
+    ui.open(f"/dags/{TRIGGERED}/runs/{quote(run_id, safe='')}/tasks/{SYNC_TASK}", SYNC_TASK)
+    ui.page.get_by_role("button", name="Press shift+c to clear").click()
+    ui.page.get_by_role("dialog").get_by_text("airbyte_energy.wait").first.wait_for()  # downstream included
+    _confirm_clear(ui, "clearTaskInstances")
+    assert _wait_for_rerun(airflow, run_id)["state"] == "success"
+    _wait_for_resolve(stack, run_id, dedup_key)
+    # The page carried the cause (the Airbyte job's failure reason), not only "job N failed".
+    assert FAILURE_CAUSE in page["payload"]["custom_details"].get("error", ""), page["payload"]
+
+
+def test_clear_run_only_failed_tasks_reruns_the_run(
+    ui: UI, airflow: AirflowClient, stack: dict[str, str]
+) -> None:
+    run_id = _failed_sync_run(airflow, stack)
+    (page,) = _pages_of(stack, run_id, "trigger")
+
+    ui.open(f"/dags/{TRIGGERED}/runs/{quote(run_id, safe='')}", run_id[:20])
+    ui.page.get_by_role("button", name="Press shift+c to clear").first.click()
+    ui.page.get_by_role("dialog").get_by_role("button", name="Clear only failed tasks").click()
+    _confirm_clear(ui, "/clear")
+    assert _wait_for_rerun(airflow, run_id)["state"] == "success"
+    _wait_for_resolve(stack, run_id, page["dedup_key"])

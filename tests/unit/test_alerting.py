@@ -33,6 +33,7 @@ BASE_URL = "http://airflow.test:8080"
 PIPELINE = "energy_meters"
 RUN_ID = "scheduled__2023-02-01T03:00:00+00:00"
 INTERVAL = (datetime(2023, 2, 1, 3, tzinfo=UTC), datetime(2023, 2, 2, 3, tzinfo=UTC))
+DEDUP_KEY = f"elt/{PIPELINE}/20230201T030000Z"  # one incident per pipeline and data window
 
 
 def spec_data(**alerts: Any) -> dict[str, Any]:
@@ -72,13 +73,13 @@ class MemoryIncidents(alerting.Incidents):
         self.unknown = False
 
     def opened(self, alert: Any) -> None:
-        self.open.setdefault(alert.pipeline, {"run_id": alert.run_id})
+        self.open.setdefault(self.key(alert), {"run_id": alert.run_id})
 
-    def is_open(self, pipeline: str) -> bool | None:
-        return None if self.unknown else pipeline in self.open
+    def is_open(self, alert: Any) -> bool | None:
+        return None if self.unknown else self.key(alert) in self.open
 
-    def closed(self, pipeline: str) -> None:
-        self.open.pop(pipeline, None)
+    def closed(self, alert: Any) -> None:
+        self.open.pop(self.key(alert), None)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,7 @@ def test_final_failure_of_an_airbyte_task_pages_every_route_once(dag: DAG, recor
     assert [len(got[k]) for k in ("slack", "pagerduty", "email")] == [1, 1, 1]
     event = got["pagerduty"][0]["body"]
     assert event["event_action"] == "trigger"
-    assert event["dedup_key"] == f"elt/{PIPELINE}"
+    assert event["dedup_key"] == DEDUP_KEY
     assert event["routing_key"] == "local-routing-key"
     payload = event["payload"]
     assert payload["severity"] == "critical"
@@ -177,6 +178,9 @@ def test_final_failure_of_an_airbyte_task_pages_every_route_once(dag: DAG, recor
     assert mail["rcpt_tos"] == ["oncall@example.com"]
     assert mail["subject"] == f"[ALERT] {PIPELINE}: task airbyte_energy.wait failed"
     assert "AirflowFailException: Airbyte job 42 failed: injected failure" in mail["html"]
+    # the text part too: mail clients without HTML (and pagers) read only that
+    for expected in ("airbyte_energy.wait", "Airbyte job 42 failed: injected failure", "jobId=42"):
+        assert expected in mail["text"]
 
 
 def test_a_retry_posts_one_low_severity_slack_line_and_never_pages(dag: DAG, recorded: Any) -> None:
@@ -263,20 +267,31 @@ def test_a_run_failed_by_a_task_does_not_page_again_but_a_timed_out_run_does(dag
     got = recorded()
     assert (len(got["slack"]), len(got["pagerduty"]), len(got["email"])) == (1, 1, 1)
     assert "dagrun_timeout" in got["pagerduty"][0]["body"]["payload"]["summary"]
-    assert got["pagerduty"][0]["body"]["dedup_key"] == f"elt/{PIPELINE}"
+    assert got["pagerduty"][0]["body"]["dedup_key"] == DEDUP_KEY
 
 
-def test_the_next_success_resolves_the_incident_once_and_posts_the_recovery(dag: DAG, recorded: Any) -> None:
+def test_the_next_success_of_the_window_resolves_its_incident_once_and_posts_the_recovery(
+    dag: DAG, recorded: Any
+) -> None:
     failing = fail_airbyte_wait(dag)
     run_callbacks(failing["task"].on_failure_callback, failing)
     run_callbacks(failing["task"].on_failure_callback, failing)  # a second failing task: same incident
-    success = {"dag": dag, "run_id": "manual__2023-02-02", "reason": "success"}
+    other_window = SimpleNamespace(
+        dag_id=PIPELINE,
+        run_id="backfill__2023-01-01T03:00:00+00:00",
+        data_interval_start=datetime(2023, 1, 1, 3, tzinfo=UTC),
+        data_interval_end=datetime(2023, 1, 2, 3, tzinfo=UTC),
+    )
+    run_callbacks(dag.on_success_callback, {"dag": dag, "dag_run": other_window, "reason": "success"})
+    assert [e["body"]["event_action"] for e in recorded()["pagerduty"]] == ["trigger"] * 2  # not its window
+
+    success = {"dag": dag, "dag_run": failing["dag_run"], "reason": "success"}  # the cleared run, re-run
     run_callbacks(dag.on_success_callback, success)
     run_callbacks(dag.on_success_callback, success)  # nothing open any more: quiet
 
     got = recorded()
     actions = [(e["body"]["event_action"], e["body"]["dedup_key"]) for e in got["pagerduty"]]
-    assert actions == [("trigger", f"elt/{PIPELINE}")] * 2 + [("resolve", f"elt/{PIPELINE}")]
+    assert actions == [("trigger", DEDUP_KEY)] * 2 + [("resolve", DEDUP_KEY)]
     assert len(got["slack"]) == 3
     assert "recovered" in got["slack"][-1]["body"]["text"]
     assert got["email"][-1]["subject"] == f"[RECOVERED] {PIPELINE}: recovered"
@@ -290,20 +305,31 @@ def test_unknown_incident_state_still_resolves_pagerduty_but_posts_nothing(dag: 
     assert got["slack"] == [] and got["email"] == []
 
 
-def test_missed_deadline_pages_from_the_triggerer_callback(dag: DAG, recorded: Any) -> None:
-    (deadline,) = dag.deadline
-    assert deadline.interval == timedelta(hours=2)
-    assert type(deadline.reference).__name__ == "DagRunQueuedAtDeadline"
-    context = {  # what Deadline.handle_miss gives the callback
+def deadline_context(state: str, run_type: str = "scheduled") -> dict[str, Any]:
+    return {  # what Deadline.handle_miss gives the callback
         "dag_run": {
             "dag_id": PIPELINE,
             "dag_run_id": RUN_ID,
-            "state": "running",
+            "run_type": run_type,
+            "state": state,
             "data_interval_start": INTERVAL[0].isoformat(),
             "data_interval_end": INTERVAL[1].isoformat(),
         },
         "deadline": {"id": "0199", "deadline_time": datetime(2023, 2, 2, 5, tzinfo=UTC)},
     }
+
+
+def test_the_deadline_is_the_window_end_plus_the_allowance_not_the_queue_time(dag: DAG) -> None:
+    (deadline,) = dag.deadline
+    # Not DAGRUN_QUEUED_AT: clearing a run with such a deadline answers 500 (apache/airflow#70368).
+    assert type(deadline.reference).__name__ == "DagRunLogicalDateDeadline"
+    # logical date = interval start; "0 3 * * *" has one-day windows; the spec allows PT2H after the end
+    assert INTERVAL[0] + deadline.interval == INTERVAL[1] + timedelta(hours=2)
+
+
+def test_missed_deadline_pages_from_the_triggerer_callback_naming_the_window(dag: DAG, recorded: Any) -> None:
+    (deadline,) = dag.deadline
+    context = deadline_context("running")
     results = asyncio.run(alerting.deadline_missed(**deadline.callback.kwargs, context=context))
 
     assert (
@@ -313,11 +339,23 @@ def test_missed_deadline_pages_from_the_triggerer_callback(dag: DAG, recorded: A
     event = got["pagerduty"][0]["body"]
     assert (event["event_action"], event["dedup_key"], event["payload"]["class"]) == (
         "trigger",
-        f"elt/{PIPELINE}",
+        DEDUP_KEY,
         "deadline_missed",
     )
     assert "run is running" in event["payload"]["summary"]
+    assert f"{INTERVAL[0].isoformat()} → {INTERVAL[1].isoformat()}" in event["payload"]["summary"]
     assert "missed its deadline" in got["slack"][0]["body"]["text"]
+
+
+@pytest.mark.parametrize(("state", "run_type"), [("failed", "scheduled"), ("running", "backfill")])
+def test_a_failed_run_or_a_backfill_does_not_page_at_its_deadline(
+    dag: DAG, recorded: Any, state: str, run_type: str
+) -> None:
+    (deadline,) = dag.deadline
+    context = deadline_context(state, run_type)
+    results = asyncio.run(alerting.deadline_missed(**deadline.callback.kwargs, context=context))
+    assert results.startswith("not sent")
+    assert recorded() == {"slack": [], "pagerduty": [], "email": []}
 
 
 def closed_port() -> int:
@@ -405,3 +443,55 @@ def test_pagerduty_connection_without_host_targets_pagerduty_itself() -> None:
     notifier = alerting.PagerdutyEventsNotifier(summary="s", severity="error", pagerduty_events_conn_id="pd")
     assert notifier.hook_async.base_url == "https://events.pagerduty.com"
     assert os.environ.get("AIRFLOW_CONN_PD") is None
+
+
+@pytest.mark.parametrize("rows", [0, 1234])
+def test_a_sync_that_loaded_no_rows_warns_slack_and_email_but_never_pages(
+    dag: DAG, recorded: Any, rows: int
+) -> None:
+    context = task_context(dag, "airbyte_energy.wait", None)
+    returned = {"job_id": 77, "rows_synced": rows}  # what the wait task returns (its XCom)
+    context["ti"].xcom_pull = lambda task_ids: returned if task_ids == "airbyte_energy.wait" else None
+    run_callbacks(context["task"].on_success_callback, context)
+
+    got = recorded()
+    if rows:
+        assert got == {"slack": [], "pagerduty": [], "email": []}
+        return
+    assert (len(got["slack"]), len(got["pagerduty"]), len(got["email"])) == (1, 0, 1)
+    slack = got["slack"][0]["body"]["text"]
+    for expected in (
+        "[warning]",
+        "0 rows",
+        "Airbyte job 77",
+        "energy",
+        "4d2f7268-e2ac-4fa7-a3a6-97286f22d617",
+    ):
+        assert expected in slack, expected
+    assert "0 rows" in got["email"][0]["subject"] and "Airbyte job 77" in got["email"][0]["text"]
+
+
+def test_expect_rows_false_installs_no_volume_check(receivers: Receivers) -> None:
+    data = spec_data()
+    data["airbyte"]["connections"][0]["expect_rows"] = False
+    quiet = dag_from_spec(PipelineSpec.model_validate({**data, "name": "energy_meters_quiet"}))
+    assert not quiet.get_task("airbyte_energy.wait").on_success_callback
+
+
+@pytest.mark.parametrize("task_id", ["dbt.dbt_producer_watcher", "dbt.dim_meters.test", "dbt.dim_meters.run"])
+def test_dbt_watcher_tasks_post_no_retry_line(dag: DAG, recorded: Any, task_id: str) -> None:
+    # Their first try only relays `dbt build`'s results; the retry re-runs the node and may pass.
+    context = task_context(dag, task_id, RuntimeError("dbt.dim_meters.test: status 'fail'"), try_number=1)
+    run_callbacks(context["task"].on_retry_callback, context)
+    assert recorded() == {"slack": [], "pagerduty": [], "email": []}
+
+
+def test_a_long_error_keeps_its_head_and_its_tail() -> None:
+    from elt.alert_content import ERROR_LIMIT, error_summary
+
+    text = "Airbyte job 7 failed: " + "x" * 5000 + " HTTP 401 from meter API (token expired)"
+    summary = error_summary(text, mask=False)
+    assert len(summary) <= ERROR_LIMIT
+    assert summary.startswith("Airbyte job 7 failed") and summary.endswith(
+        "HTTP 401 from meter API (token expired)"
+    )
