@@ -46,7 +46,7 @@ class _Model(BaseModel):
 
 class AirbyteStream(_Model):
     name: Identifier
-    cursor_field: str | None = Field(
+    cursor_field: Identifier | None = Field(
         default=None, description="column whose maximum tells how far the raw table reaches (backfills)"
     )
 
@@ -81,6 +81,17 @@ class Airbyte(_Model):
     sync_timeout: timedelta = Field(
         default=timedelta(hours=2), description="a sync running longer is cancelled"
     )
+    transient_error_budget: timedelta = Field(
+        default=timedelta(minutes=10),
+        description="how long each Airbyte API call retries transient errors (5xx, 429, timeouts)",
+    )
+
+    @field_validator("transient_error_budget")
+    @classmethod
+    def _transient_error_budget(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be positive")
+        return value
 
     @field_validator("poll_interval")
     @classmethod
