@@ -44,9 +44,6 @@ ACTIVE = frozenset(
 )
 ENDED_BADLY = frozenset({JobStatusEnum.FAILED, JobStatusEnum.CANCELLED})
 DEFAULT_BUDGET = timedelta(minutes=10)
-# A job created this long before our submit still counts as "created by it" when the reply was
-# lost: room for clock skew between the worker and the Airbyte server.
-SUBMIT_CLOCK_SKEW = timedelta(seconds=10)
 # 401 after a fresh token means bad credentials or permissions, not an expired token.
 MAX_UNAUTHORIZED = 2
 _TOKEN_ENDPOINT_STATUS = re.compile(r"Unexpected status code (\d{3}) from token endpoint")
@@ -117,6 +114,9 @@ class AirbyteApi:
     non-transient error occurs, or `budget` has passed since the call began; every retry is logged.
     """
 
+    sleep: Callable[[float], Any] = staticmethod(time.sleep)
+    async_sleep: Callable[[float], Any] = staticmethod(asyncio.sleep)
+
     def __init__(
         self,
         hook: AirbyteHook,
@@ -153,11 +153,12 @@ class AirbyteApi:
         }
 
     def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return tenacity.Retrying(**self._policy(what))(fn, *args, **kwargs)
+        return tenacity.Retrying(sleep=self.sleep, **self._policy(what))(fn, *args, **kwargs)
 
     async def acall(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`call` for the triggerer: the blocking SDK call runs in a thread, the backoff is async."""
-        return await tenacity.AsyncRetrying(**self._policy(what))(asyncio.to_thread, fn, *args, **kwargs)
+        retrying = tenacity.AsyncRetrying(sleep=self.async_sleep, **self._policy(what))
+        return await retrying(asyncio.to_thread, fn, *args, **kwargs)
 
     # -- the calls the tasks make ----------------------------------------------------------------
 
@@ -173,25 +174,28 @@ class AirbyteApi:
     def submit(self, connection_id: str) -> JobResponse:
         """Start a sync; when a reply was lost, attach to the job that request created.
 
-        A timed-out or 5xx submit may still have created a job. Before each re-submit, a job of the
-        connection created since the first attempt is that job (a second submit would start another
-        sync, or 409 once it ended). HTTP 409 is not retried here: the caller attaches.
+        A timed-out or 5xx submit may still have created a job. Airbyte's job ids only grow, so
+        before each re-submit, a job of the connection newer than the newest one before the first
+        attempt is that job (a second submit would start another sync, or 409). HTTP 409 is not
+        retried here: the caller attaches.
         """
-        since = datetime.now(UTC) - SUBMIT_CLOCK_SKEW
+        newest = self.list_jobs(connection_id, limit=1)
+        before = newest[0].job_id if newest else 0
         attempts = 0
 
         def attempt() -> JobResponse:
             nonlocal attempts
             attempts += 1
             if attempts > 1:
-                created = list_jobs(self.hook, connection_id, created_at_start=since, limit=1)
+                created = [j for j in list_jobs(self.hook, connection_id, limit=5) if j.job_id > before]
                 if created:
+                    job = created[-1]  # the oldest new one: newest first
                     self.log.warning(
                         "The reply to an earlier submit was lost; attaching to job %s (%s) it created",
-                        created[0].job_id,
-                        created[0].status,
+                        job.job_id,
+                        job.status,
                     )
-                    return created[0]
+                    return job
             return self.hook.submit_sync_connection(connection_id=connection_id)
 
         return self.call(f"submit a sync of {connection_id}", attempt)
