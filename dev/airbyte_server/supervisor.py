@@ -29,6 +29,7 @@ from pathlib import Path
 from .faults import Faults
 from .settings import REPO_ROOT, Settings
 from .store import Job, Store
+from .warm_worker import ForkedWorker, WarmWorkerClient
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ ENV_JOB_ID = "LOCAL_AIRBYTE_JOB_ID"
 ENV_PARENT_PID = "LOCAL_AIRBYTE_PARENT_PID"
 ENV_INJECTED_FAILURE = "LOCAL_AIRBYTE_INJECTED_FAILURE"
 RESULT_FILE = "result.json"
+# "0" starts a fresh worker process per attempt (pays `import airbyte` every time) instead of
+# forking one from the warm worker.
+ENV_WARM_WORKER = "LOCAL_AIRBYTE_WARM_WORKER"
 MAX_ATTEMPTS = 3
 
 
@@ -85,9 +89,15 @@ class JobSupervisor:
     def __init__(self, settings: Settings, store: Store, faults: Faults) -> None:
         self.settings, self.store, self.faults = settings, store, faults
         self._lock = threading.Lock()  # orders "start worker" against "cancel"
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._procs: dict[int, subprocess.Popen[bytes] | ForkedWorker] = {}
         self._threads: dict[int, threading.Thread] = {}
         self._stopping = threading.Event()  # set at shutdown: jobs stay active for the next server
+        self._warm: WarmWorkerClient | None = None
+        if os.environ.get(ENV_WARM_WORKER, "1") != "0":
+            # Started now, so PyAirbyte is imported by the time the first job comes.
+            self._warm = WarmWorkerClient(
+                {**os.environ, ENV_PARENT_PID: str(os.getpid()), "PYTHONUNBUFFERED": "1"}, REPO_ROOT
+            )
 
     # -- startup --------------------------------------------------------------------------------
 
@@ -148,6 +158,8 @@ class JobSupervisor:
             procs = list(self._procs.values())
         for proc in procs:
             self._kill_group(proc, grace=1.0)
+        if self._warm is not None:
+            self._warm.close()
 
     def pid_of(self, job_id: int) -> int | None:
         proc = self._procs.get(job_id)
@@ -181,30 +193,39 @@ class JobSupervisor:
         finally:
             self._threads.pop(job.job_id, None)
 
-    def _start_worker(self, job: Job, log_path: Path) -> subprocess.Popen[bytes] | None:
+    def _start_worker(self, job: Job, log_path: Path) -> subprocess.Popen[bytes] | ForkedWorker | None:
         env = self._worker_env(job)
         job_dir = self.settings.job_dir(job.job_id)
         (job_dir / RESULT_FILE).unlink(missing_ok=True)  # an earlier attempt's outcome
+        warm = self._warm if self._warm is not None and self._warm.wait_ready() else None
         with self._lock:
             offset = log_path.stat().st_size if log_path.exists() else 0
             attempt = self.store.start_attempt(job.job_id, offset)
             if attempt is None:
                 return None
             _append_log(log_path, f"attempt {attempt + 1} of at most {MAX_ATTEMPTS} starting")
-            with log_path.open("ab") as log_file:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "dev.airbyte_server.worker", str(job.job_id)],
-                    cwd=REPO_ROOT,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,  # own process group: cancel kills connectors too
-                )
+            proc = warm.start(job.job_id, env, log_path) if warm is not None else None
+            if proc is None:
+                proc = self._cold_worker(job, env, log_path)
             self._procs[job.job_id] = proc
         self.store.set_pid(job.job_id, proc.pid)
-        _append_log(log_path, f"worker started, pid {proc.pid}, dir {job_dir}")
+        _append_log(
+            log_path, f"worker started ({'forked warm' if warm else 'cold'}), pid {proc.pid}, dir {job_dir}"
+        )
         return proc
+
+    @staticmethod
+    def _cold_worker(job: Job, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+        with log_path.open("ab") as log_file:
+            return subprocess.Popen(
+                [sys.executable, "-m", "dev.airbyte_server.worker", str(job.job_id)],
+                cwd=REPO_ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own process group: cancel kills connectors too
+            )
 
     def _worker_env(self, job: Job) -> dict[str, str]:
         job_dir = self.settings.job_dir(job.job_id)
@@ -270,7 +291,9 @@ class JobSupervisor:
         return self.store.mark_incomplete(job.job_id)
 
     @staticmethod
-    def _kill_group(proc: subprocess.Popen[bytes], grace: float = CANCEL_GRACE_SECONDS) -> None:
+    def _kill_group(
+        proc: subprocess.Popen[bytes] | ForkedWorker, grace: float = CANCEL_GRACE_SECONDS
+    ) -> None:
         """SIGTERM the worker's process group, SIGKILL whatever is left after `grace` seconds."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:

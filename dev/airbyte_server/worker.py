@@ -29,8 +29,8 @@ class InjectedFailureError(RuntimeError):
     """Raised for a job an injected fault told to fail."""
 
 
-def _die_with_server() -> None:
-    """Have the kernel kill this worker when the server process dies (Linux only)."""
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent (server or warm worker) dies (Linux only)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or not argv[1].isdigit():
         print("usage: python -m dev.airbyte_server.worker JOB_ID", file=sys.stderr)
         return 2
-    _die_with_server()
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [worker] %(levelname)s %(name)s: %(message)s")
     return run(int(argv[1]))
 
