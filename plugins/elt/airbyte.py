@@ -285,7 +285,8 @@ def summarize_attempts(info: dict[str, Any]) -> str | None:
             if not text:
                 continue
             origin = failure.get("failureOrigin")
-            internal = failure.get("internalMessage")
+            # The internal message's first line only: a page is no place for a stack trace.
+            internal = (failure.get("internalMessage") or "").strip().split("\n")[0]
             line = f"{origin}: {text}" if origin else text
             if internal and internal != text:
                 line += f" ({internal})"

@@ -448,6 +448,24 @@ def test_a_failed_job_fails_the_first_wait_with_the_reason_from_its_attempts(air
     assert sensor.job_id == job
 
 
+def test_the_reason_adds_the_first_line_of_a_different_internal_message(airbyte) -> None:
+    job = airbyte.add_job("failed")
+    failure = {
+        "failureOrigin": "source",
+        "externalMessage": "Unauthorized",
+        "internalMessage": "HTTP 401 from meter API (token expired)\nTraceback ...\n  File x",
+    }
+    airbyte.attempts[job] = [
+        {"attempt": {"failureSummary": {"failures": [failure]}}},
+        {"attempt": {"failureSummary": {"failures": [failure, failure]}}},
+    ]
+    with pytest.raises(AirflowFailException) as failed:
+        wait(job).execute(context())
+    assert str(failed.value) == (
+        f"Airbyte job {job} failed: source: Unauthorized (HTTP 401 from meter API (token expired))"
+    )
+
+
 def test_without_failure_summaries_the_reason_is_the_last_log_lines(airbyte) -> None:
     job = airbyte.add_job("failed")
     lines = [f"line {i}" for i in range(30)] + [""]
