@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -38,18 +37,13 @@ from airflow.providers.pagerduty.notifications.pagerduty import PagerdutyNotifie
 
 from elt import alert_content
 from elt.alert_content import Alert
+from elt.connections import ROUTE_CONN_TYPES
 
 if TYPE_CHECKING:
-    from elt.spec import Alerts, PipelineSpec
+    from elt.spec import PipelineSpec
 
 log = logging.getLogger(__name__)
 
-# Which connection types can carry each route (Airflow's conn_type names).
-ROUTE_CONN_TYPES: dict[str, tuple[str, ...]] = {
-    "slack": ("slackwebhook",),
-    "pagerduty": ("pagerduty_events",),
-    "email": ("smtp",),
-}
 SILENCE_VARIABLE = "elt_alerting_silence"
 INCIDENT_VARIABLE_PREFIX = "elt_alerting_incident__"
 DELIVERY_TIMEOUT = 15  # seconds per receiver: a hung receiver must not hold a worker slot for long
@@ -88,7 +82,6 @@ def dedup_key(pipeline: str) -> str:
 
 def task_callbacks(spec: PipelineSpec) -> dict[str, Any]:
     """default_args for every task of the pipeline: page on final failure, optionally post retries."""
-    check_connection_types(spec)
     routes = routes_of(spec)
     if not routes:
         return {}
@@ -125,57 +118,6 @@ def dag_arguments(spec: PipelineSpec) -> dict[str, Any]:
             name=f"{spec.name} deadline",
         )
     return arguments
-
-
-# -- spec check: a route whose connection has the wrong type ---------------------------------------
-
-
-def connection_type_from_env(conn_id: str) -> str | None:
-    """The conn_type of `AIRFLOW_CONN_<ID>` if that variable defines the connection (no DB, no secrets backend)."""
-    raw = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
-    if not raw:
-        return None
-    raw = raw.strip()
-    if raw.startswith("{"):
-        try:
-            conn_type = json.loads(raw).get("conn_type")
-        except (ValueError, AttributeError):
-            return None
-        return str(conn_type) if conn_type else None
-    scheme = urlsplit(raw).scheme
-    return scheme.replace("-", "_") or None  # Airflow reads '-' in a URI scheme as '_'
-
-
-def connection_type_problems(alerts: Alerts) -> list[tuple[str, str]]:
-    """(field, message) for every route whose connection, where its type is known at parse time, cannot carry it.
-
-    Only connections given as environment variables can be checked while parsing (the database and
-    secrets backends are off limits then); the others are checked when an alert is sent.
-    """
-    problems = []
-    for kind, allowed in ROUTE_CONN_TYPES.items():
-        route = getattr(alerts, kind)
-        if route is None:
-            continue
-        conn_type = connection_type_from_env(route.conn_id)
-        if conn_type is not None and conn_type not in allowed:
-            problems.append(
-                (
-                    f"alerts.{kind}.conn_id",
-                    f"connection {route.conn_id!r} (AIRFLOW_CONN_{route.conn_id.upper()}) has type "
-                    f"{conn_type!r}; a {kind} route needs a connection of type {' or '.join(map(repr, allowed))}",
-                )
-            )
-    return problems
-
-
-def check_connection_types(spec: PipelineSpec) -> None:
-    from elt.spec import SpecError
-
-    problems = connection_type_problems(spec.alerts)
-    if problems:
-        lines = "\n".join(f"  field '{field}': {message}" for field, message in problems)
-        raise SpecError(f"pipeline {spec.name!r}: invalid alert routes\n{lines}")
 
 
 # -- callbacks -------------------------------------------------------------------------------------

@@ -10,13 +10,13 @@ import inspect
 from datetime import UTC, datetime
 from pathlib import Path
 
-from airflow.sdk import DAG, CronDataIntervalTimetable, TaskGroup
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, TaskGroup
 
 from elt import alerting, paths
 from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.assets import raw_table_asset
-from elt.dbt import dbt_task_group, run_window
-from elt.spec import PipelineSpec, load_spec
+from elt.dbt import TEMPLATE_MACROS, dbt_task_group, rebuild_params, source_freshness_task
+from elt.spec import PipelineSpec, check_environment, load_spec
 
 
 def build_pipeline_dag(dag_file: str | None = None, spec_path: Path | None = None) -> DAG:
@@ -27,15 +27,21 @@ def build_pipeline_dag(dag_file: str | None = None, spec_path: Path | None = Non
     return dag_from_spec(load_spec(spec_path))
 
 
-def _timetable(spec: PipelineSpec) -> CronDataIntervalTimetable | None:
+def _schedule(spec: PipelineSpec) -> CronDataIntervalTimetable | list[Asset] | None:
     # A real data interval per run (cron schedules alone get zero-length intervals in Airflow 3):
     # dbt rebuilds exactly that window, and backfills by date mean something.
-    if spec.schedule is None:
-        return None
-    return CronDataIntervalTimetable(spec.schedule, timezone="UTC")
+    if spec.schedule is not None:
+        return CronDataIntervalTimetable(spec.schedule, timezone="UTC")
+    if spec.trigger_on_assets:
+        return [
+            Asset(uri=ref) if "://" in ref else raw_table_asset(*ref.split("."))
+            for ref in spec.trigger_on_assets
+        ]
+    return None
 
 
 def dag_from_spec(spec: PipelineSpec) -> DAG:
+    check_environment(spec)
     limits = spec.limits
     default_args = {
         "owner": ", ".join(spec.owners),
@@ -47,20 +53,27 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
         dag_id=spec.name,
         description=spec.description.strip().split("\n")[0][:200],
         doc_md=doc_md(spec),
-        schedule=_timetable(spec),
+        schedule=_schedule(spec),
         start_date=datetime.combine(spec.start_date, datetime.min.time(), tzinfo=UTC),
         catchup=spec.catchup,
+        is_paused_upon_creation=spec.paused,
         tags=sorted({*spec.tags, *spec.owners}),
         default_args=default_args,
         dagrun_timeout=limits.dagrun_timeout,
         max_active_runs=limits.max_active_runs,
         max_active_tasks=limits.max_active_tasks,
-        user_defined_macros={"run_window": run_window},
+        user_defined_macros=TEMPLATE_MACROS,
+        params=rebuild_params() if spec.windowed else {},
         **alerting.dag_arguments(spec),
     ) as dag:
-        syncs = [_airbyte_group(spec, connection) for connection in spec.airbyte.connections]
-        dbt = dbt_task_group(spec)
-        syncs >> dbt
+        syncs = [_airbyte_group(spec, c) for c in spec.airbyte.connections] if spec.airbyte else []
+        if spec.dbt is not None:
+            upstream = syncs
+            if spec.dbt.freshness != "off":
+                freshness = source_freshness_task(spec)
+                syncs >> freshness
+                upstream = [freshness]
+            upstream >> dbt_task_group(spec)
     return dag
 
 
@@ -106,14 +119,19 @@ def doc_md(spec: PipelineSpec) -> str:
     connections = "\n".join(
         f"- `{c.name}` — Airbyte connection `{c.id}` → schema `{c.destination_schema}`, streams "
         + ", ".join(f"`{s.name}`" for s in c.streams)
-        for c in spec.airbyte.connections
+        for c in (spec.airbyte.connections if spec.airbyte else [])
     )
-    window = (
-        f"Runs on `{spec.schedule}` (UTC) with a real data interval; dbt's windowed models rebuild exactly "
-        "`data_interval_start` … `data_interval_end`, so re-running a run or a date range is idempotent."
-        if spec.windowed
-        else "Runs only when triggered."
-    )
+    if spec.windowed:
+        window = (
+            f"Runs on `{spec.schedule}` (UTC) with a real data interval; dbt's windowed models rebuild exactly "
+            "`data_interval_start` … `data_interval_end`, so re-running a run or a date range is idempotent."
+        )
+    elif spec.trigger_on_assets:
+        window = "Runs when all of these assets are updated: " + ", ".join(
+            f"`{a}`" for a in spec.trigger_on_assets
+        )
+    else:
+        window = "Runs only when triggered."
     backfill = {
         "if_behind": "a backfill run syncs only when the raw tables do not reach the end of its window, so "
         "one sync serves a whole backfill (later runs attach to it or find the data already there)",
@@ -126,10 +144,10 @@ def doc_md(spec: PipelineSpec) -> str:
 {spec.description.strip()}
 
 **Owners:** {", ".join(spec.owners)} · **Spec:** `include/pipelines/{spec.name}.yaml` ·
-**dbt selector:** `{spec.dbt.selector}` · **Alerts:** {", ".join(routes) or "none"}
+**dbt selector:** `{spec.dbt.selector if spec.dbt else "none (no dbt)"}` · **Alerts:** {", ".join(routes) or "none"}
 
 **Airbyte connections** (synced in parallel; the wait runs in the triggerer):
-{connections}
+{connections or "none (dbt only)"}
 
 **Schedule and windows.** {window}
 
@@ -139,6 +157,12 @@ sync that is still running instead of starting another; a dbt task re-runs only 
 **Backfill.** UI: *Trigger → Backfill*, or
 `airflow backfill create --dag-id {spec.name} --from-date 2023-02-01 --to-date 2023-02-07`
 (add `--reprocess-behavior completed` to redo finished dates). Policy `{spec.backfill.sync}`: {backfill}.
+
+**Rebuild a date range in one run** (one dbt build): trigger with the params `rebuild_start` / `rebuild_end`
+(UTC days, inclusive), e.g. `airflow dags trigger {spec.name} -c '{{"rebuild_start": "2023-02-01", "rebuild_end": "2023-03-02"}}'`.
+
+**Source freshness** (`dbt.freshness: {spec.dbt.freshness}`): `source_freshness` checks the raw tables after the syncs;
+its error names each stale source and how far past its threshold it is.
 
 {spec.doc or ""}
 """

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable
+from airflow.sdk import CronDataIntervalTimetable, Param
+from airflow.sdk.exceptions import AirflowException
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+from cosmos.operators.local import DbtSourceLocalOperator
 from cosmos.profiles import PostgresUserPasswordProfileMapping
 
 from elt import paths
@@ -22,24 +25,61 @@ PROJECT_NAME = "managed_elt"
 TARGET_SCHEMA = "analytics"
 WAREHOUSE_CONN_ID = "warehouse"
 
-# The run's window, as dbt vars: windowed models rebuild exactly this window.
-WINDOW_VARS = {
-    "data_interval_start": "{{ run_window(dag, dag_run)[0] }}",
-    "data_interval_end": "{{ run_window(dag, dag_run)[1] }}",
+# Manual "rebuild range": DAG params (trigger form or `airflow dags trigger -c`) naming the first
+# and last UTC day to rebuild in one run; unset, a run rebuilds its own data interval.
+REBUILD_START, REBUILD_END = "rebuild_start", "rebuild_end"
+
+# The run's window reaches dbt as microbatch's event-time bounds. As environment variables
+# (read by `dbt build`/`dbt run`, ignored by `dbt test` and `dbt source freshness`, which have no
+# such flags) rather than --vars, so dbt's partial parsing survives from one run to the next.
+WINDOW_ENV = {
+    "DBT_EVENT_TIME_START": "{{ dbt_event_time(dag, dag_run)[0] }}",
+    "DBT_EVENT_TIME_END": "{{ dbt_event_time(dag, dag_run)[1] }}",
 }
 
 
-def run_window(dag: Any, dag_run: Any) -> tuple[str, str]:
-    """The window a run rebuilds, as ISO strings ('' and '' = rebuild everything).
+def rebuild_range(conf: dict[str, Any] | None) -> tuple[datetime, datetime] | None:
+    """The [first day 00:00, day after the last 00:00) UTC a run was asked to rebuild, if any."""
+    conf = conf or {}
+    start, end = conf.get(REBUILD_START), conf.get(REBUILD_END)
+    if not start and not end:
+        return None
+    if not (start and end):
+        raise ValueError(
+            f"set both {REBUILD_START} and {REBUILD_END} (ISO dates, e.g. 2023-02-01), or neither; "
+            f"got {REBUILD_START}={start!r}, {REBUILD_END}={end!r}"
+        )
+    days = []
+    for name, value in ((REBUILD_START, start), (REBUILD_END, end)):
+        try:
+            days.append(date.fromisoformat(str(value)))
+        except ValueError:
+            raise ValueError(f"{name}={value!r} is not an ISO date (YYYY-MM-DD)") from None
+    first, last = days
+    if first > last:
+        raise ValueError(f"{REBUILD_START} ({first}) is after {REBUILD_END} ({last})")
+    midnight = datetime.min.time()
+    return (
+        datetime.combine(first, midnight, tzinfo=UTC),
+        datetime.combine(last + timedelta(days=1), midnight, tzinfo=UTC),
+    )
 
-    Scheduled and backfill runs have a real data interval. A run without one (triggered
-    with no logical date, or by an asset event) gets the latest complete interval of the
-    pipeline's schedule before it, the same window a scheduled run at that time would get.
-    A pipeline without a time schedule rebuilds everything.
+
+def run_window(dag: Any, dag_run: Any) -> tuple[str, str]:
+    """The window a run rebuilds, as UTC ISO strings ('' and '' = rebuild everything).
+
+    A run triggered with `rebuild_start`/`rebuild_end` rebuilds those days. Scheduled and backfill
+    runs have a real data interval. A run without one (triggered with no logical date, or by an
+    asset event) gets the latest complete interval of the pipeline's schedule before it, the same
+    window a scheduled run at that time would get. A pipeline without a time schedule rebuilds
+    everything.
     """
+    requested = rebuild_range(getattr(dag_run, "conf", None))
+    if requested is not None:
+        return _iso(requested[0]), _iso(requested[1])
     start, end = dag_run.data_interval_start, dag_run.data_interval_end
     if start is not None and end is not None and start < end:
-        return start.isoformat(), end.isoformat()
+        return _iso(start), _iso(end)
     timetable = getattr(dag, "timetable", None)
     run_after = getattr(dag_run, "run_after", None)
     if isinstance(timetable, CronDataIntervalTimetable) and run_after is not None:
@@ -49,8 +89,40 @@ def run_window(dag: Any, dag_run: Any) -> tuple[str, str]:
         interval = Schedule(timetable.expression, timetable.timezone).infer_manual_data_interval(
             run_after=run_after
         )
-        return interval.start.isoformat(), interval.end.isoformat()
+        return _iso(interval.start), _iso(interval.end)
     return "", ""
+
+
+def dbt_event_time(dag: Any, dag_run: Any) -> tuple[str, str]:
+    """run_window in the form dbt's --event-time-start/--event-time-end accept (naive UTC)."""
+    return tuple(  # type: ignore[return-value]
+        datetime.fromisoformat(value).strftime("%Y-%m-%dT%H:%M:%S") if value else ""
+        for value in run_window(dag, dag_run)
+    )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat()
+
+
+# Functions the DAG's templates call (user_defined_macros).
+TEMPLATE_MACROS = {"run_window": run_window, "dbt_event_time": dbt_event_time}
+
+
+def rebuild_params() -> dict[str, Param]:
+    """The trigger form's fields for a manual range rebuild (checked again by rebuild_range)."""
+    day = {"type": ["null", "string"], "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"}
+    return {
+        REBUILD_START: Param(
+            None,
+            **day,
+            title="Rebuild from (UTC day)",
+            description="first day to rebuild; empty = the run's interval",
+        ),
+        REBUILD_END: Param(
+            None, **day, title="Rebuild to (UTC day)", description="last day to rebuild, inclusive"
+        ),
+    }
 
 
 def profile_config() -> ProfileConfig:
@@ -101,7 +173,7 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
             invocation_mode=InvocationMode.DBT_RUNNER,
         ),
         operator_args={
-            "vars": WINDOW_VARS,
+            "env": WINDOW_ENV if spec.windowed else {},
             "install_deps": False,
             # Runs of one pipeline (a backfill, or a backfill beside the daily run) each rebuild
             # their own window, but re-create the same views and tables: one dbt invocation per
@@ -109,6 +181,79 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
             "max_active_tis_per_dag": 1,
         },
         **kwargs,
+    )
+
+
+def source_freshness_task(spec: PipelineSpec) -> SourceFreshnessOperator:
+    """The gate between the syncs and the models: `dbt source freshness` of the selection's sources."""
+    return SourceFreshnessOperator(
+        task_id="source_freshness",
+        project_dir=paths.DBT_PROJECT_DIR,
+        profile_config=profile_config(),
+        selector=spec.dbt.selector,
+        invocation_mode=InvocationMode.DBT_RUNNER,
+        install_deps=False,
+        fail_on_error=spec.dbt.freshness == "error",
+        doc_md="`dbt source freshness` of the pipeline's sources (thresholds in include/dbt sources YAML).",
+    )
+
+
+class SourceFreshnessOperator(DbtSourceLocalOperator):
+    """Cosmos's `dbt source freshness`, failing with what is stale and by how much.
+
+    Cosmos fails any non-zero dbt run with a generic message, and on-call's alert quotes the
+    task's exception: this names each source past its `error_after` (or, with
+    fail_on_error=False, only logs them). Backfill runs rebuild old dates from raw data already
+    loaded, so they do not check how recent that data is.
+    """
+
+    def __init__(self, *, fail_on_error: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fail_on_error = fail_on_error
+
+    def execute(self, context: Any, **kwargs: Any) -> None:
+        run_type = getattr(context.get("dag_run"), "run_type", None)
+        if getattr(run_type, "value", run_type) == "backfill":
+            self.log.info("backfill run: source freshness not checked")
+            return
+        super().execute(context, **kwargs)
+
+    def handle_exception_dbt_runner(self, result: Any) -> None:
+        results = getattr(getattr(result, "result", None), "results", None)
+        if not results:  # dbt failed before checking anything: Cosmos's error says why
+            return super().handle_exception_dbt_runner(result)
+        problems = [(item, describe_staleness(item)) for item in results if _status(item) != "pass"]
+        for _, line in problems:
+            self.log.warning("%s", line)
+        errors = [line for item, line in problems if _status(item) == "error"]
+        broken = [line for item, line in problems if _status(item) not in ("warn", "error")]
+        if broken or (errors and self.fail_on_error):
+            raise AirflowException("; ".join(broken + errors))
+
+
+PERIOD_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def _status(item: Any) -> str:
+    return str(getattr(item.status, "value", item.status))
+
+
+def describe_staleness(item: Any) -> str:
+    """One line per source for the log and the alert: which, since when, how far past which threshold."""
+    node = item.node
+    name = f"source {node.source_name}.{node.name}"
+    status = _status(item)
+    if status not in ("warn", "error"):
+        return f"{name}: freshness {status}: {getattr(item, 'message', None) or 'not checked'}"
+    level = "error_after" if status == "error" else "warn_after"
+    threshold = getattr(node.freshness, level)
+    period = str(getattr(threshold.period, "value", threshold.period))
+    limit = timedelta(seconds=threshold.count * PERIOD_SECONDS[period])
+    age = timedelta(seconds=round(item.age))
+    loaded = item.max_loaded_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"{name} is stale ({status}): last loaded {loaded}, {age} ago, "
+        f"{age - limit} past {level} ({threshold.count} {period})"
     )
 
 
@@ -146,27 +291,3 @@ def compile_manifest() -> int:
 
 if __name__ == "__main__":
     sys.exit(compile_manifest())
-
-
-def _cache_cosmos_reflection() -> None:
-    """Cosmos inspects BaseOperator's signature again for every task it creates (~4 ms each).
-
-    The signatures never change at runtime, so a cache is safe; with it, rendering a
-    300-model project takes about half the time (benchmarks/parse_time.py).
-    """
-    import functools
-    import inspect
-    import types
-
-    import cosmos.operators.local as cosmos_local
-
-    if isinstance(cosmos_local.inspect, types.SimpleNamespace):
-        return
-    cosmos_local.inspect = types.SimpleNamespace(
-        **{name: getattr(inspect, name) for name in dir(inspect) if not name.startswith("__")},
-    )
-    cosmos_local.inspect.signature = functools.cache(inspect.signature)
-    cosmos_local.inspect.getfullargspec = functools.cache(inspect.getfullargspec)
-
-
-_cache_cosmos_reflection()

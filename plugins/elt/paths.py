@@ -7,5 +7,15 @@ from pathlib import Path
 
 REPO = Path(os.environ.get("ELT_REPO_ROOT", Path(__file__).resolve().parents[2]))
 PIPELINES_DIR = Path(os.environ.get("ELT_PIPELINES_DIR", REPO / "include" / "pipelines"))
+# Owners and tags a spec may use: a data file a team edits (not a spec: spec_files skips it). The
+# pipelines directory's own, else the repository's.
+_VOCABULARY = PIPELINES_DIR / "vocabulary.yaml"
+VOCABULARY = Path(
+    os.environ.get("ELT_VOCABULARY")
+    or (_VOCABULARY if _VOCABULARY.exists() else REPO / "include" / "pipelines" / "vocabulary.yaml")
+)
 DBT_PROJECT_DIR = Path(os.environ.get("ELT_DBT_PROJECT_DIR", REPO / "include" / "dbt"))
 DBT_MANIFEST = Path(os.environ.get("ELT_DBT_MANIFEST", DBT_PROJECT_DIR / "target" / "manifest.json"))
+AIRBYTE_WORKSPACE = Path(
+    os.environ.get("ELT_AIRBYTE_WORKSPACE", REPO / "include" / "airbyte" / "workspace.yaml")
+)

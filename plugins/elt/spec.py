@@ -1,21 +1,31 @@
 """Pipeline specs: one YAML file in include/pipelines per DAG, validated before any DAG is built.
 
-A broken spec raises `SpecError` naming the file, the field and the problem; the DAG file
-that loads it shows that as its import error, and no other pipeline is affected.
+A broken spec raises `SpecError` naming the file, the field and the problem; the DAG file that
+loads it shows that as its import error, and no other pipeline is affected. Every field is
+documented in include/pipelines/README.md.
+
+Building one DAG reads its own spec, the vocabulary and (once per process) the dbt manifest's
+selectors, never the other specs: a pipeline's name is its file's stem, so names are unique by
+construction. What spans several specs (a selector or an Airbyte connection used twice, an asset
+no pipeline publishes, connections outside the environment) is checked by `check_specs`, which
+`python -m elt check` and tests/dags run.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,18 +36,146 @@ from pydantic import (
 )
 
 from elt import paths
-
-# Small fixed vocabularies: they keep the UI's filters and the on-call routing meaningful.
-OWNERS = frozenset({"data-platform", "energy-analytics", "commerce-analytics"})
-TAGS = frozenset({"airbyte", "dbt", "energy", "ecommerce", "finance", "daily", "hourly", "tier-1", "tier-2"})
+from elt.connections import route_problems
 
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=200)]
 CRON_PRESETS = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly"}
 CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?LW#]+$")
+# An asset a pipeline can be triggered by: `schema.table` (a raw table an Airbyte stream loads) or a URI.
+ASSET_REF = re.compile(r"^([a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*|[a-z][a-z0-9+.-]*://\S+)$")
+HELP = "see include/pipelines/README.md"
+INVALID = "invalid pipeline spec"
 
 
 class SpecError(ValueError):
-    """A pipeline spec that cannot become a DAG."""
+    """A pipeline spec that cannot become a DAG: the file and each (field, problem)."""
+
+    def __init__(self, file: str, problems: list[tuple[str | None, str]], what: str | None = None):
+        self.file, self.problems = file, problems
+        if what is None and len(problems) == 1:
+            text = f"{file}: {problems[0][1]}"
+        else:
+            lines = [f"  field '{f}': {m}" if f else f"  {m}" for f, m in problems]
+            text = f"{file}: {what}\n" + "\n".join(lines)
+        super().__init__(text)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem `check_specs` found: the file, the field (None for the whole file) and what is wrong."""
+
+    file: str
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.file}: field '{self.field}': {self.message}"
+            if self.field
+            else f"{self.file}: {self.message}"
+        )
+
+
+# -- YAML: duplicate keys are errors, not "last one wins" -------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:
+                continue  # an unhashable key: the base constructor reports it
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} on line {key_node.start_mark.line + 1} "
+                    f"(first set on line {first + 1})",
+                )
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file strictly; SpecError naming the file (and line) when it cannot be read."""
+    try:
+        return yaml.load(path.read_text(), Loader=_StrictLoader)
+    except FileNotFoundError:
+        raise SpecError(display(path), [(None, "file not found")]) from None
+    except yaml.constructor.ConstructorError as err:
+        raise SpecError(display(path), [(None, f"not valid YAML: {err.problem}")]) from None
+    except yaml.YAMLError as err:
+        raise SpecError(display(path), [(None, f"not valid YAML: {err}")]) from None
+
+
+# -- vocabularies (include/pipelines/vocabulary.yaml) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    owners: frozenset[str]
+    tags: frozenset[str]
+
+
+@cache
+def _read_vocabulary(path: Path, mtime: float) -> Vocabulary:
+    raw = read_yaml(path)
+    problems = []
+    words = {}
+    for field in ("owners", "tags"):
+        value = raw.get(field) if isinstance(raw, dict) else None
+        if not isinstance(value, (dict, list)) or not value or not all(isinstance(w, str) for w in value):
+            problems.append((field, "must be a non-empty mapping (or list) of names"))
+        else:
+            words[field] = frozenset(value)
+    if problems:
+        raise SpecError(display(path), problems, "invalid vocabulary")
+    return Vocabulary(owners=words["owners"], tags=words["tags"])
+
+
+def vocabulary(path: Path | None = None) -> Vocabulary:
+    """The owners and tags a spec may use, read once per process (again when the file changes)."""
+    path = path or paths.VOCABULARY
+    if not path.exists():
+        raise SpecError(display(path), [(None, "vocabulary file not found (owners and tags a spec may use)")])
+    return _read_vocabulary(path, path.stat().st_mtime)
+
+
+# -- durations -------------------------------------------------------------------------------------
+
+
+def _human(value: timedelta) -> str:
+    if value < timedelta(0):
+        return f"-{_human(-value)}"
+    seconds = int(value.total_seconds())
+    if seconds == 0:
+        return "0 seconds"
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return str(value)
+
+
+def Duration(low: timedelta, high: timedelta, why: str = "") -> Any:
+    """A timedelta that must be positive and within [low, high]."""
+
+    def check(value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError(f"must be a positive duration (got {_human(value)})")
+        if not low <= value <= high:
+            raise ValueError(f"must be between {_human(low)} and {_human(high)}{why} (got {_human(value)})")
+        return value
+
+    return Annotated[timedelta, AfterValidator(check)]
+
+
+SECOND, MINUTE, DAY = timedelta(seconds=1), timedelta(minutes=1), timedelta(days=1)
+
+
+# -- the model -------------------------------------------------------------------------------------
 
 
 class _Model(BaseModel):
@@ -76,9 +214,13 @@ class AirbyteConnection(_Model):
 class Airbyte(_Model):
     conn_id: str = "airbyte_default"
     connections: list[AirbyteConnection] = Field(min_length=1)
-    poll_interval: timedelta = Field(default=timedelta(seconds=5), description="how often the wait polls")
-    request_timeout: timedelta = Field(default=timedelta(seconds=30), description="per HTTP request")
-    sync_timeout: timedelta = Field(
+    poll_interval: Duration(SECOND, 10 * MINUTE) = Field(  # type: ignore[valid-type]
+        default=timedelta(seconds=5), description="how often the wait polls"
+    )
+    request_timeout: Duration(SECOND, 10 * MINUTE) = Field(  # type: ignore[valid-type]
+        default=timedelta(seconds=30), description="per HTTP request to Airbyte"
+    )
+    sync_timeout: Duration(SECOND, 7 * DAY) = Field(  # type: ignore[valid-type]
         default=timedelta(hours=2), description="a sync running longer is cancelled"
     )
     transient_error_budget: timedelta = Field(
@@ -93,13 +235,6 @@ class Airbyte(_Model):
             raise ValueError("must be positive")
         return value
 
-    @field_validator("poll_interval")
-    @classmethod
-    def _poll_interval(cls, value: timedelta) -> timedelta:
-        if not timedelta(seconds=1) <= value <= timedelta(minutes=10):
-            raise ValueError("must be between 1 second and 10 minutes")
-        return value
-
     @field_validator("connections")
     @classmethod
     def _unique_connections(cls, value: list[AirbyteConnection]) -> list[AirbyteConnection]:
@@ -108,6 +243,12 @@ class Airbyte(_Model):
             if len(seen) != len(set(seen)):
                 raise ValueError(f"two connections share the same {attr}")
         return value
+
+    @model_validator(mode="after")
+    def _poll_within_timeout(self) -> Airbyte:
+        if self.poll_interval >= self.sync_timeout:
+            raise ValueError("poll_interval must be shorter than sync_timeout")
+        return self
 
 
 class Dbt(_Model):
@@ -119,10 +260,17 @@ class Dbt(_Model):
             "result (Cosmos ExecutionMode.WATCHER); per_model: a `dbt build` task per model"
         ),
     )
+    freshness: Literal["error", "warn", "off"] = Field(
+        default="error",
+        description=(
+            "`dbt source freshness` after the syncs, before the models: 'error' fails the run when a "
+            "source is past its error_after; 'warn' only logs stale sources; 'off' does not check"
+        ),
+    )
 
 
 class AlertRoute(_Model):
-    conn_id: str
+    conn_id: str = Field(min_length=1)
     severity: Literal["critical", "error", "warning", "info"] = "error"
     notify_retries: bool = Field(default=False, description="also post a low-severity line on each retry")
 
@@ -143,6 +291,12 @@ class Alerts(_Model):
             raise ValueError("notify_retries is for Slack and email: a retry never pages")
         return value
 
+    def routes(self) -> dict[str, str]:
+        """{kind: conn_id} of the routes set."""
+        return {
+            kind: route.conn_id for kind in ("slack", "pagerduty", "email") if (route := getattr(self, kind))
+        }
+
 
 class Backfill(_Model):
     sync: Literal["always", "if_behind", "never"] = Field(
@@ -156,37 +310,64 @@ class Backfill(_Model):
 
 class Limits(_Model):
     retries: int = Field(default=2, ge=0, le=10)
-    retry_delay: timedelta = timedelta(minutes=2)
-    dagrun_timeout: timedelta = timedelta(hours=4)
+    # Airflow caps a retry delay at [core] max_task_retry_delay (24 hours by default).
+    retry_delay: Duration(SECOND, DAY) = timedelta(minutes=2)  # type: ignore[valid-type]
+    dagrun_timeout: Duration(SECOND, 30 * DAY) = timedelta(hours=4)  # type: ignore[valid-type]
     max_active_runs: int = Field(default=1, ge=1, le=16)
     max_active_tasks: int = Field(default=8, ge=1, le=64)
 
 
 class PipelineSpec(_Model):
-    name: Identifier
+    name: Identifier = Field(default="", validate_default=True, description="the dag_id: the file's stem")
     description: str = Field(min_length=10)
     owners: list[str] = Field(min_length=1)
     tags: list[str] = Field(default_factory=list)
-    schedule: str | None = Field(description="cron expression, a preset like @daily, or null for manual runs")
+    schedule: str | None = Field(
+        default=None, description="cron expression, a preset like @daily, or null for manual/asset runs"
+    )
+    trigger_on_assets: list[str] = Field(
+        default_factory=list, description="run when all these assets are updated (`schema.table` or a URI)"
+    )
     start_date: date
     catchup: bool = False
-    airbyte: Airbyte
-    dbt: Dbt
+    paused: bool | None = Field(
+        default=None, description="false: the DAG starts unpaused when first deployed"
+    )
+    airbyte: Airbyte | None = None
+    dbt: Dbt | None = None
     alerts: Alerts = Alerts()
-    deadline: timedelta | None = Field(
-        default=None, description="page when a run is not done this long after its interval ends"
+    deadline: Duration(SECOND, 30 * DAY) | None = Field(  # type: ignore[valid-type]
+        default=None, description="page when a run is not done this long after it was queued"
     )
     backfill: Backfill = Backfill()
     limits: Limits = Limits()
     doc: str | None = Field(default=None, description="extra notes for the DAG's documentation")
 
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_is_file_stem(cls, value: object, info: ValidationInfo) -> object:
+        stem = (info.context or {}).get("file_stem")
+        if value in (None, ""):
+            if stem is None:
+                raise ValueError("required field is missing")
+            return stem
+        if stem is not None and value != stem:
+            raise ValueError(
+                f"{value!r} differs from the file name {stem!r}: a pipeline's name is its file's stem "
+                "(drop `name`, or rename the file)"
+            )
+        return value
+
     @field_validator("owners", "tags")
     @classmethod
     def _in_vocabulary(cls, value: list[str], info: ValidationInfo) -> list[str]:
-        known, word = (OWNERS, "owner") if info.field_name == "owners" else (TAGS, "tag")
+        words = (info.context or {}).get("vocabulary") or vocabulary()
+        known, word = (words.owners, "owner") if info.field_name == "owners" else (words.tags, "tag")
         unknown = sorted(set(value) - known)
         if unknown:
-            raise ValueError(f"unknown {word} {unknown}; known {word}s: {sorted(known)}")
+            raise ValueError(
+                f"unknown {word} {unknown}; known {word}s: {sorted(known)} (include/pipelines/vocabulary.yaml)"
+            )
         return value
 
     @field_validator("schedule")
@@ -203,18 +384,23 @@ class PipelineSpec(_Model):
             raise ValueError(f"{value!r} is not a valid cron expression")
         return value
 
-    @field_validator("deadline")
+    @field_validator("trigger_on_assets")
     @classmethod
-    def _deadline(cls, value: timedelta | None) -> timedelta | None:
-        if value is not None and value <= timedelta(0):
-            raise ValueError("must be a positive duration")
+    def _asset_refs(cls, value: list[str]) -> list[str]:
+        bad = [ref for ref in value if not ASSET_REF.match(ref)]
+        if bad:
+            raise ValueError(f"{bad} are not `schema.table` or an asset URI")
+        if len(set(value)) != len(value):
+            raise ValueError("an asset is listed twice")
         return value
 
     @model_validator(mode="after")
-    def _alerts_need_routes_for_critical(self) -> PipelineSpec:
-        if self.deadline is not None and not any(
-            (self.alerts.slack, self.alerts.pagerduty, self.alerts.email)
-        ):
+    def _consistent(self) -> PipelineSpec:
+        if self.airbyte is None and self.dbt is None:
+            raise ValueError("a pipeline needs `airbyte`, `dbt` or both")
+        if self.schedule is not None and self.trigger_on_assets:
+            raise ValueError("set either `schedule` or `trigger_on_assets`, not both")
+        if self.deadline is not None and not self.alerts.routes():
             raise ValueError("a deadline needs at least one alert route (alerts.slack, .pagerduty or .email)")
         return self
 
@@ -224,77 +410,161 @@ class PipelineSpec(_Model):
         return self.schedule is not None
 
 
-def _format_errors(path: Path, err: ValidationError) -> str:
-    lines = []
-    for item in err.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown field (check the spelling; see include/pipelines/README.md)"
-        elif item["type"] == "missing":
-            message = "required field is missing"
-        lines.append(f"  field '{field}': {message}")
-    return f"{_display(path)}: invalid pipeline spec\n" + "\n".join(lines)
+# -- loading ---------------------------------------------------------------------------------------
 
 
-def _display(path: Path) -> str:
+def display(path: Path) -> str:
+    """The path as users see it: relative to the repository when inside it."""
     try:
-        return str(path.resolve().relative_to(paths.REPO))
+        return str(path.resolve().relative_to(paths.REPO.resolve()))
     except ValueError:
         return str(path)
 
 
+def _problems(err: ValidationError) -> list[tuple[str | None, str]]:
+    problems: list[tuple[str | None, str]] = []
+    for item in err.errors():
+        field = ".".join(str(part) for part in item["loc"]) or None
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = f"unknown field (check the spelling; {HELP})"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        problems.append((field, message))
+    return problems
+
+
 def parse_spec(path: Path) -> PipelineSpec:
-    """Read and validate one spec file (no cross-file checks)."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{_display(path)}: pipeline spec not found") from None
-    except yaml.YAMLError as err:
-        raise SpecError(f"{_display(path)}: not valid YAML: {err}") from None
+    """Read and validate one spec file on its own (no environment, manifest or other specs)."""
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
-        raise SpecError(f"{_display(path)}: expected a mapping of fields, got {type(raw).__name__}")
+        raise SpecError(display(path), [(None, f"expected a mapping of fields, got {type(raw).__name__}")])
     try:
-        return PipelineSpec.model_validate(raw)
+        return PipelineSpec.model_validate(raw, context={"file_stem": path.stem, "vocabulary": vocabulary()})
     except ValidationError as err:
-        raise SpecError(_format_errors(path, err)) from None
+        raise SpecError(display(path), _problems(err), INVALID) from None
+
+
+def environment_problems(spec: PipelineSpec) -> list[tuple[str, str]]:
+    """(field, message) for alert routes the environment's AIRFLOW_CONN_* contradicts."""
+    return route_problems(spec.alerts.routes())
+
+
+def check_environment(spec: PipelineSpec, file: str | None = None) -> None:
+    problems = environment_problems(spec)
+    if problems:
+        raise SpecError(file or f"include/pipelines/{spec.name}.yaml", list(problems), INVALID)
 
 
 def spec_files(directory: Path | None = None) -> list[Path]:
+    """The pipeline specs: every *.yaml of the directory but the vocabulary."""
     directory = directory or paths.PIPELINES_DIR
-    return sorted(p for p in directory.glob("*.y*ml") if p.suffix in (".yaml", ".yml"))
+    return sorted(p for p in directory.glob("*.yaml") if p.name != paths.VOCABULARY.name)
 
 
 def load_spec(path: Path, manifest: Path | None = None) -> PipelineSpec:
-    """Validate one spec, including what it shares with the others and with the dbt project."""
+    """Validate one spec for building its DAG: the file, the environment's connections, the dbt selector."""
     spec = parse_spec(path)
-    for other in spec_files(path.parent):
-        if other.resolve() == path.resolve():
-            continue
-        try:
-            raw = yaml.safe_load(other.read_text())
-        except yaml.YAMLError:
-            continue  # that file reports its own error
-        if isinstance(raw, dict) and raw.get("name") == spec.name:
+    check_environment(spec, display(path))
+    if spec.dbt is not None:
+        selectors = dbt_selectors(manifest or paths.DBT_MANIFEST)
+        if spec.dbt.selector not in selectors:
             raise SpecError(
-                f"{_display(path)}: field 'name': pipeline name {spec.name!r} is already used by "
-                f"{_display(other)} (each pipeline name is a dag_id and must be unique)"
+                display(path),
+                [
+                    (
+                        "dbt.selector",
+                        f"unknown dbt selector {spec.dbt.selector!r}; "
+                        f"selectors in include/dbt/selectors.yml: {sorted(selectors)}",
+                    )
+                ],
+                INVALID,
             )
-    from elt.alerting import connection_type_problems
-
-    problems = connection_type_problems(spec.alerts)
-    if problems:
-        raise SpecError(
-            f"{_display(path)}: invalid pipeline spec\n"
-            + "\n".join(f"  field '{field}': {message}" for field, message in problems)
-        )
-    selectors = dbt_selectors(manifest or paths.DBT_MANIFEST)
-    if spec.dbt.selector not in selectors:
-        raise SpecError(
-            f"{_display(path)}: field 'dbt.selector': unknown dbt selector {spec.dbt.selector!r}; "
-            f"selectors in include/dbt/selectors.yml: {sorted(selectors)}"
-        )
     return spec
+
+
+def load_all_specs(
+    directory: Path | None = None, manifest: Path | None = None
+) -> tuple[dict[Path, PipelineSpec], list[Problem]]:
+    """Every spec that loads, and a Problem for each one that does not."""
+    specs: dict[Path, PipelineSpec] = {}
+    problems: list[Problem] = []
+    for path in spec_files(directory):
+        try:
+            specs[path] = load_spec(path, manifest)
+        except SpecError as err:
+            problems += [Problem(err.file, field, message) for field, message in err.problems]
+    return specs, problems
+
+
+def check_specs(
+    directory: Path | None = None,
+    manifest: Path | None = None,
+    workspace: Path | None = None,
+    connection_type: Callable[[str], str | None] | None = None,
+) -> list[Problem]:
+    """Everything wrong with the pipeline specs, each with file and field; [] when all is well.
+
+    Per file what building its DAG checks, plus what spans files: a dbt selector or an Airbyte
+    connection used by two pipelines (two DAGs would build the same models or sync the same
+    connection concurrently), an Airbyte connection id not in `workspace` (default
+    include/airbyte/workspace.yaml when it exists), a `trigger_on_assets` table no pipeline's
+    streams load, and, with `connection_type` (conn_id -> conn_type or None when missing, e.g. from
+    Airflow's connections), every alert route's connection.
+    """
+    directory = directory or paths.PIPELINES_DIR
+    specs, problems = load_all_specs(directory, manifest)
+    problems += [
+        Problem(display(p), None, "pipeline specs end in .yaml (this file is ignored)")
+        for p in directory.glob("*.yml")
+    ]
+    workspace = workspace if workspace is not None else paths.AIRBYTE_WORKSPACE
+    known_connections = _workspace_connection_ids(workspace) if workspace.exists() else None
+    selector_users: dict[str, list[str]] = {}
+    connection_users: dict[UUID, list[str]] = {}
+    loaded_tables = set()
+    for path, spec in specs.items():
+        if spec.dbt is not None:
+            selector_users.setdefault(spec.dbt.selector, []).append(display(path))
+        for conn in spec.airbyte.connections if spec.airbyte else []:
+            connection_users.setdefault(conn.id, []).append(display(path))
+            loaded_tables |= {f"{conn.destination_schema}.{s.name}" for s in conn.streams}
+    for path, spec in specs.items():
+        file = display(path)
+        if spec.dbt is not None and len(users := selector_users[spec.dbt.selector]) > 1:
+            others = [u for u in users if u != file]
+            problems.append(
+                Problem(file, "dbt.selector", f"selector {spec.dbt.selector!r} is also used by {others}")
+            )
+        for i, conn in enumerate(spec.airbyte.connections if spec.airbyte else []):
+            field = f"airbyte.connections.{i}.id"
+            if len(users := connection_users[conn.id]) > 1:
+                others = [u for u in users if u != file]
+                problems.append(
+                    Problem(file, field, f"Airbyte connection {conn.id} is also synced by {others}")
+                )
+            if known_connections is not None and str(conn.id) not in known_connections:
+                problems.append(
+                    Problem(file, field, f"Airbyte connection {conn.id} is not in {display(workspace)}")
+                )
+        for i, ref in enumerate(spec.trigger_on_assets):
+            if "://" not in ref and ref not in loaded_tables:
+                problems.append(
+                    Problem(file, f"trigger_on_assets.{i}", f"no pipeline's Airbyte streams load {ref!r}")
+                )
+        if connection_type is not None:
+            problems += [
+                Problem(file, f, m) for f, m in route_problems(spec.alerts.routes(), connection_type)
+            ]
+    return problems
+
+
+def _workspace_connection_ids(workspace: Path) -> frozenset[str]:
+    raw = read_yaml(workspace)
+    return frozenset(str(c.get("id")) for c in (raw or {}).get("connections") or [] if isinstance(c, dict))
+
+
+# -- the dbt manifest, read once per process ------------------------------------------------------
 
 
 @cache
@@ -305,7 +575,13 @@ def _manifest_selectors(manifest: Path, mtime: float) -> frozenset[str]:
 def dbt_selectors(manifest: Path) -> frozenset[str]:
     if not manifest.exists():
         raise SpecError(
-            f"dbt manifest {_display(manifest)} not found: run `make dbt-manifest` (it compiles the dbt "
-            "project once, so that parsing DAGs never runs dbt)"
+            display(manifest),
+            [
+                (
+                    None,
+                    "dbt manifest not found: run `make dbt-manifest` (it compiles the dbt project once, "
+                    "so that parsing DAGs never runs dbt)",
+                )
+            ],
         )
     return _manifest_selectors(manifest, manifest.stat().st_mtime)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from dev.airflow_client import AirflowClient
@@ -19,12 +19,16 @@ METERS = {
 
 
 def run_dag(
-    airflow: AirflowClient, dag_id: str, logical_date: datetime | None = None, timeout: float = 1200
+    airflow: AirflowClient,
+    dag_id: str,
+    logical_date: datetime | None = None,
+    timeout: float = 1200,
+    conf: dict | None = None,
 ) -> dict:
     airflow.wait_for_dags([dag_id])
     airflow.unpause(dag_id)
     try:
-        run_id = airflow.trigger(dag_id, logical_date=logical_date)
+        run_id = airflow.trigger(dag_id, logical_date=logical_date, conf=conf)
     except RuntimeError as err:
         if "409" not in str(err) or logical_date is None:
             raise
@@ -54,16 +58,90 @@ def local_airbyte(env: dict[str, str], method: str, path: str, body: Any = None)
     return json.loads(raw) if raw and raw[:1] in b"{[" else raw.decode()
 
 
-def meter_day_totals(env: dict[str, str], day: date) -> dict[tuple[str, str], float]:
-    """kWh per (meter, direction) for one UTC day, summed from the meter API's own readings."""
-    totals = {}
-    for muid, (obis, direction) in METERS.items():
+def meter_readings(env: dict[str, str], muid: str, first: date, last: date) -> list[dict]:
+    """The meter API's own JSON readings of one meter with timestamps in (first 00:00, last+1 00:00]."""
+    # The API's stop is an exclusive date: ask for one day more, then keep the half-open range.
+    start, stop = first, last + timedelta(days=2)
+    low = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    high = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    readings, offset = [], 0
+    while True:
         url = (
             f"{env['METER_API_URL']}/meterdata/measurement?muid={muid}&measurement=energy"
-            f"&start={day.isoformat()}&stop={(day + timedelta(days=1)).isoformat()}&limit=1000"
+            f"&start={start.isoformat()}&stop={stop.isoformat()}&limit=1000&offset={offset}"
         )
         with urllib.request.urlopen(url, timeout=30) as response:
-            readings = json.load(response)["data"]
-        assert len(readings) == 96, f"{muid} {day}: {len(readings)} readings"
-        totals[(muid, direction)] = round(sum(r[obis] for r in readings), 4)
-    return totals
+            page = json.load(response)["data"]
+        readings += page
+        offset += len(page)
+        if len(page) < 1000:
+            break
+    return [r for r in readings if low < _stamp(r) <= high]
+
+
+def _stamp(reading: dict) -> datetime:
+    return datetime.fromisoformat(reading["timestamp"].replace("Z", "+00:00"))
+
+
+def _closing_bucket(moment: datetime, size: timedelta, floor: datetime) -> datetime:
+    """The bucket (start, start + size] that contains `moment` (right-closed, as readings are)."""
+    start = floor
+    while start + size < moment:
+        start += size
+    return start
+
+
+def meter_energy(env: dict[str, str], first: date, last: date) -> dict[str, dict[tuple, tuple[float, int]]]:
+    """Expected marts straight from the meter API: kWh and readings per (bucket, meter, direction).
+
+    A reading at t is the energy of (t - 15 min, t], so day D sums t in (D, D+1] and hour H sums
+    t in (H, H+1h]. 'daily' keys are (date, muid, direction), 'hourly' keys (UTC datetime, ...).
+    """
+    origin = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    daily: dict[tuple, list] = {}
+    hourly: dict[tuple, list] = {}
+    for muid, (obis, direction) in METERS.items():
+        for reading in meter_readings(env, muid, first, last):
+            moment, kwh = _stamp(reading), reading[obis]
+            day = _closing_bucket(moment, timedelta(days=1), origin)
+            hour = _closing_bucket(moment, timedelta(hours=1), day)
+            for buckets, key in ((daily, (day.date(), muid, direction)), (hourly, (hour, muid, direction))):
+                total = buckets.setdefault(key, [0.0, 0])
+                total[0] += kwh
+                total[1] += 1
+    return {
+        "daily": {key: (kwh, n) for key, (kwh, n) in daily.items()},
+        "hourly": {key: (kwh, n) for key, (kwh, n) in hourly.items()},
+    }
+
+
+def assert_energy_marts_match(
+    warehouse_url: str, expected: dict[str, dict[tuple, tuple[float, int]]], first: date, last: date
+) -> None:
+    """fct_energy_daily/hourly for first..last equal `expected` (to 1e-6 kWh, exact counts)."""
+    import psycopg
+
+    low = datetime.combine(first, datetime.min.time(), tzinfo=UTC)
+    high = datetime.combine(last + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
+    with psycopg.connect(warehouse_url) as conn:
+        daily = conn.execute(
+            "select reading_date, meter_muid, direction, energy_kwh::float8, reading_count "
+            "from analytics_marts.fct_energy_daily where reading_date between %s and %s",
+            (first, last),
+        ).fetchall()
+        hourly = conn.execute(
+            "select hour_start_at, meter_muid, direction, energy_kwh::float8, reading_count "
+            "from analytics_marts.fct_energy_hourly where hour_start_at >= %s and hour_start_at < %s",
+            (low, high),
+        ).fetchall()
+    for grain, rows in (("daily", daily), ("hourly", hourly)):
+        actual = {(bucket, muid, direction): (kwh, n) for bucket, muid, direction, kwh, n in rows}
+        want = expected[grain]
+        assert set(actual) == set(want), (grain, sorted(set(actual) ^ set(want))[:5])
+        for key, (kwh, n) in want.items():
+            assert abs(actual[key][0] - kwh) <= 1e-6 and actual[key][1] == n, (
+                grain,
+                key,
+                actual[key],
+                (kwh, n),
+            )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 
 import psycopg
@@ -13,7 +13,12 @@ import pytest
 from airflow.providers.airbyte.hooks.airbyte import AirbyteHook
 
 from elt.airbyte import list_jobs
-from tests.integration.pipeline_runs import ENERGY_CONNECTION, meter_day_totals
+from tests.integration.pipeline_runs import (
+    ENERGY_CONNECTION,
+    assert_energy_marts_match,
+    meter_energy,
+    run_dag,
+)
 
 pytestmark = pytest.mark.stack
 REPO = Path(__file__).resolve().parents[2]
@@ -62,23 +67,26 @@ def cli_backfill(stack: dict[str, str], *args: str) -> None:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
 
 
-def daily_marts(stack, first: date, last: date) -> list[tuple]:
+def energy_marts(stack, first: date, last: date) -> dict[str, list[tuple]]:
+    """Every column of both energy marts for first..last, ordered: for row-for-row comparisons."""
     with psycopg.connect(stack["WAREHOUSE_URL"]) as conn:
-        return conn.execute(
-            "select reading_date, meter_muid, direction, energy_kwh, reading_count "
-            "from analytics_marts.fct_energy_daily where reading_date between %s and %s order by 1, 2, 3",
-            (first, last),
-        ).fetchall()
+        return {
+            "daily": conn.execute(
+                "select * from analytics_marts.fct_energy_daily where reading_date between %s and %s "
+                "order by reading_date, meter_muid, direction",
+                (first, last),
+            ).fetchall(),
+            "hourly": conn.execute(
+                "select * from analytics_marts.fct_energy_hourly "
+                "where hour_start_at >= %s::date and hour_start_at < %s::date + 1 "
+                "order by hour_start_at, meter_muid, direction",
+                (first, last),
+            ).fetchall(),
+        }
 
 
 def assert_marts_match_meter_api(stack, first: date, last: date) -> None:
-    rows = {(d, m, direction): (float(kwh), n) for d, m, direction, kwh, n in daily_marts(stack, first, last)}
-    day = first
-    while day <= last:
-        for (muid, direction), kwh in meter_day_totals(stack, day).items():
-            assert rows[(day, muid, direction)][0] == pytest.approx(kwh, abs=1e-6), (day, muid, direction)
-            assert rows[(day, muid, direction)][1] == 96
-        day += timedelta(days=1)
+    assert_energy_marts_match(stack["WAREHOUSE_URL"], meter_energy(stack, first, last), first, last)
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +116,14 @@ def test_backfill_starts_at_most_one_sync(first_backfill) -> None:
 
 
 def test_reprocessing_the_backfill_is_idempotent_and_syncs_nothing(first_backfill, airflow, stack) -> None:
-    before_rows = daily_marts(stack, date(2023, 2, 1), date(2023, 2, 3))
+    before_rows = energy_marts(stack, date(2023, 2, 1), date(2023, 2, 3))
     before_jobs = energy_jobs()
     cli_backfill(
         stack, "--from-date", "2023-02-01", "--to-date", "2023-02-03", "--reprocess-behavior", "completed"
     )
     runs = wait_for_backfill(airflow, latest_backfill_id(airflow), 3)
     assert {r["state"] for r in runs} == {"success"}
-    assert daily_marts(stack, date(2023, 2, 1), date(2023, 2, 3)) == before_rows
+    assert energy_marts(stack, date(2023, 2, 1), date(2023, 2, 3)) == before_rows
     assert energy_jobs() == before_jobs, "the raw data already covers the window: no new sync"
 
 
@@ -136,3 +144,14 @@ def test_backfill_through_the_rest_api(first_backfill, airflow, stack) -> None:
     assert {r["state"] for r in runs} == {"success"}
     assert_marts_match_meter_api(stack, date(2023, 2, 4), date(2023, 2, 5))
     assert energy_jobs() == before_jobs
+
+
+def test_a_range_rebuilt_in_one_run_equals_the_per_day_runs(first_backfill, airflow, stack) -> None:
+    """2023-02-01..05 were built by five backfill runs above; one run rebuilds them all at once."""
+    per_day = energy_marts(stack, date(2023, 2, 1), date(2023, 2, 5))
+    assert len(per_day["daily"]) == 10 and len(per_day["hourly"]) == 240, {
+        k: len(v) for k, v in per_day.items()
+    }
+    run = run_dag(airflow, DAG_ID, conf={"rebuild_start": "2023-02-01", "rebuild_end": "2023-02-05"})
+    assert run["state"] == "success", {task: ti["state"] for task, ti in run["task_instances"].items()}
+    assert energy_marts(stack, date(2023, 2, 1), date(2023, 2, 5)) == per_day

@@ -1,15 +1,13 @@
 """The energy marts API served by the running api-server (/energy), against the real marts tables.
 
-The `energy_marts` fixture prefers real data: an existing successful `energy_meters` run, or one it
-triggers and waits for (ELT_MARTS_RUN_TIMEOUT seconds, default 1800). Only when that run does not
-succeed and the marts tables do not exist does it create and fill them itself (dropping them again
-afterwards), so the API is still checked while the pipeline is broken; the test then says so.
+The `energy_marts` fixture needs real data: an existing successful `energy_meters` run, or one it
+triggers and waits for (ELT_MARTS_RUN_TIMEOUT seconds, default 1800). When that run does not
+succeed the tests fail: they never create or fill a mart themselves.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator
 from datetime import date, timedelta
 from typing import Any
@@ -26,36 +24,6 @@ DAG_ID = "energy_meters"
 IMPORT_MUID = "95ce3367-cbce-4a4d-bbe3-da082831d7bd"
 EXPORT_MUID = "1db7649e-9342-4e04-97c7-f0ebb88ed1f8"
 RUN_TIMEOUT = float(os.environ.get("ELT_MARTS_RUN_TIMEOUT", "1800"))
-SEED_DAY = date(2023, 2, 1)
-
-# The dbt models' columns and types (include/dbt/models/marts/energy), for the fallback seed only.
-SEED_SQL = """
-create schema if not exists analytics_marts;
-create table analytics_marts.dim_meters (
-    meter_muid text, obis_code text, direction text, source_stream text,
-    first_reading_at timestamptz, last_reading_at timestamptz, reading_count bigint);
-create table analytics_marts.fct_energy_hourly (
-    energy_hourly_id text, meter_muid text, obis_code text, direction text,
-    hour_start_at timestamptz, energy_kwh numeric, reading_count bigint, is_complete boolean);
-create table analytics_marts.fct_energy_daily (
-    energy_daily_id text, meter_muid text, obis_code text, direction text,
-    reading_date date, energy_kwh numeric, reading_count bigint, is_complete boolean);
-insert into analytics_marts.dim_meters values
-    (%(imp)s, '0100011D00FF', 'import', 'muid_1', %(day)s::timestamptz, %(day)s::timestamptz + interval '1 day' - interval '15 minutes', 96),
-    (%(exp)s, '0100021D00FF', 'export', 'muid_2', %(day)s::timestamptz, %(day)s::timestamptz + interval '1 day' - interval '15 minutes', 96);
-insert into analytics_marts.fct_energy_hourly
-    select md5(m.meter_muid || h::text), m.meter_muid, m.obis_code, m.direction, h, 0.25 * (1 + extract(hour from h)), 4, true
-    from analytics_marts.dim_meters m,
-         generate_series(%(day)s::timestamptz, %(day)s::timestamptz + interval '23 hours', interval '1 hour') h;
-insert into analytics_marts.fct_energy_daily
-    select md5(meter_muid || %(day)s), meter_muid, obis_code, direction, %(day)s::date, sum(energy_kwh), sum(reading_count), true
-    from analytics_marts.fct_energy_hourly group by 1, 2, 3, 4;
-"""
-SEED_TABLES = ("fct_energy_daily", "fct_energy_hourly", "dim_meters")
-
-
-def _marts_exist(conn: psycopg.Connection) -> bool:
-    return conn.execute("select to_regclass('analytics_marts.dim_meters') is not null").fetchone()[0]
 
 
 def _successful_run(airflow: AirflowClient) -> dict | None:
@@ -64,8 +32,8 @@ def _successful_run(airflow: AirflowClient) -> dict | None:
 
 
 @pytest.fixture(scope="session")
-def energy_marts(stack: dict[str, str], airflow: AirflowClient) -> Iterator[str]:
-    """'pipeline' when the marts come from a successful energy_meters run, else 'seeded'."""
+def energy_marts(stack: dict[str, str], airflow: AirflowClient) -> str:
+    """The dag_run_id of a successful energy_meters run whose marts the API serves."""
     airflow.wait_for_dags([DAG_ID])
     run = _successful_run(airflow)
     if run is None:
@@ -75,28 +43,9 @@ def energy_marts(stack: dict[str, str], airflow: AirflowClient) -> Iterator[str]
             run = airflow.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT)
         except TimeoutError:
             run = airflow.run(DAG_ID, run_id)
-    with psycopg.connect(stack["WAREHOUSE_URL"], autocommit=True) as conn:
-        if run["state"] == "success":
-            yield "pipeline"
-            return
-        if _marts_exist(conn):
-            warnings.warn(
-                f"{DAG_ID} run {run['dag_run_id']} {run['state']}: using the marts as they are", stacklevel=1
-            )
-            yield "existing"
-            return
-        warnings.warn(
-            f"{DAG_ID} run {run['dag_run_id']} {run['state']}: seeding the marts for this test", stacklevel=1
-        )
-        with conn.transaction():
-            params = {"imp": IMPORT_MUID, "exp": EXPORT_MUID, "day": SEED_DAY.isoformat()}
-            for statement in filter(str.strip, SEED_SQL.split(";")):
-                conn.execute(statement, params if "%(" in statement else None)
-        try:
-            yield "seeded"
-        finally:
-            for table in SEED_TABLES:
-                conn.execute(f"drop table if exists analytics_marts.{table}")
+    if run["state"] != "success":
+        pytest.fail(f"{DAG_ID} run {run['dag_run_id']} ended {run['state']}: no marts to serve")
+    return run["dag_run_id"]
 
 
 @pytest.fixture(scope="module")
@@ -114,14 +63,16 @@ def meters(api: httpx.Client, energy_marts: str) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def full_day(meters: list[dict[str, Any]]) -> date:
-    """A UTC day every meter has readings for."""
-    first = max(date.fromisoformat(m["first_reading_at"][:10]) for m in meters)
-    last = min(date.fromisoformat(m["last_reading_at"][:10]) for m in meters)
-    assert first <= last, f"the meters' readings do not overlap: {meters}"
-    return (
-        first if first == last else first + timedelta(days=1) if first + timedelta(days=1) < last else first
-    )
+def full_day(stack: dict[str, str], meters: list[dict[str, Any]]) -> date:
+    """A UTC day the pipeline built completely for every meter (runs build only their own days)."""
+    with psycopg.connect(stack["WAREHOUSE_URL"]) as conn:
+        row = conn.execute(
+            "select reading_date from analytics_marts.fct_energy_daily group by 1 "
+            "having count(distinct meter_muid) = %s and bool_and(is_complete) order by 1 limit 1",
+            (len({m["meter_muid"] for m in meters}),),
+        ).fetchone()
+    assert row, "fct_energy_daily holds no complete day for every meter"
+    return row[0]
 
 
 def test_requests_need_a_login(stack: dict[str, str]) -> None:

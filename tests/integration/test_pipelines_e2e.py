@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime
+from decimal import Decimal
 
 import psycopg
 import pytest
 
 from tests.integration.pipeline_runs import (
     ENERGY_CONNECTION,
+    assert_energy_marts_match,
     local_airbyte,
-    meter_day_totals,
+    meter_energy,
     run_dag,
 )
 
@@ -61,41 +63,29 @@ def test_energy_raw_tables_hold_whole_days(energy_run, warehouse) -> None:
         assert meta == (0,)
 
 
-def test_energy_daily_mart_equals_meter_api(energy_run, stack, warehouse) -> None:
-    """The run's window ends today 03:00 UTC; yesterday is its last complete day."""
-    end = (
-        datetime.fromisoformat(energy_run["data_interval_end"] or "")
-        if energy_run["data_interval_end"]
-        else None
+def test_energy_run_marts_equal_meter_api(energy_run, stack) -> None:
+    """The run's interval is 2023-02-09 (its logical date's day before): daily and hourly from the API."""
+    assert energy_run["data_interval_start"][:10] == "2023-02-09", energy_run["data_interval_start"]
+    day = date(2023, 2, 9)
+    expected = meter_energy(stack, day, day)
+    assert {n for (n,) in [(v[1],) for v in expected["daily"].values()]} == {96}
+    assert_energy_marts_match(stack["WAREHOUSE_URL"], expected, day, day)
+
+
+@pytest.fixture(scope="module")
+def rebuild_run(airflow, stack, energy_run):
+    """A manual run asked (as the trigger form's params) to rebuild three days in one dbt build."""
+    return run_dag(
+        airflow, "energy_meters", conf={"rebuild_start": "2023-02-11", "rebuild_end": "2023-02-13"}
     )
-    day = (end or datetime.now(UTC)).date() - timedelta(days=1)
-    expected = meter_day_totals(stack, day)
-    rows = warehouse.execute(
-        "select meter_muid, direction, energy_kwh, reading_count from analytics_marts.fct_energy_daily "
-        "where reading_date = %s",
-        (day,),
-    ).fetchall()
-    actual = {(muid, direction): (float(kwh), count) for muid, direction, kwh, count in rows}
-    assert set(actual) == set(expected), (actual, expected)
-    for key, kwh in expected.items():
-        assert actual[key][0] == pytest.approx(kwh, abs=1e-6), key
-        assert actual[key][1] == 96
 
 
-def test_energy_hourly_mart_sums_to_daily(energy_run, warehouse) -> None:
-    mismatches = warehouse.execute(
-        """
-        select d.meter_muid, d.direction, d.reading_date
-        from analytics_marts.fct_energy_daily d
-        join (
-            select meter_muid, direction, (hour_start_at at time zone 'UTC')::date as reading_date,
-                   sum(energy_kwh) as kwh
-            from analytics_marts.fct_energy_hourly group by 1, 2, 3
-        ) h using (meter_muid, direction, reading_date)
-        where abs(d.energy_kwh - h.kwh) > 1e-6
-        """
-    ).fetchall()
-    assert mismatches == []
+def test_a_range_rebuilt_in_one_run_equals_meter_api(rebuild_run, stack) -> None:
+    states = {task: ti["state"] for task, ti in rebuild_run["task_instances"].items()}
+    assert rebuild_run["state"] == "success", states
+    first, last = date(2023, 2, 11), date(2023, 2, 13)
+    # Independent oracle: the meter API's JSON, bucketed by the interval each reading covers.
+    assert_energy_marts_match(stack["WAREHOUSE_URL"], meter_energy(stack, first, last), first, last)
 
 
 def test_ecommerce_run_builds_the_sales_marts(airflow, warehouse) -> None:
@@ -110,20 +100,79 @@ def test_ecommerce_run_builds_the_sales_marts(airflow, warehouse) -> None:
     assert warehouse.execute("select count(*) from analytics_marts.dim_customers").fetchone()[0] == users
     assert warehouse.execute("select count(*) from analytics_marts.dim_products").fetchone()[0] == products
     assert warehouse.execute("select count(*) from analytics_marts.fct_purchases").fetchone()[0] == purchases
-    # Gross revenue, computed from the raw tables independently of dbt.
-    expected = warehouse.execute(
-        """
-        select round(sum(p.price::numeric), 2)
-        from (select distinct on (id) * from raw_ecommerce.purchases order by id, updated_at desc) pu
-        join (select distinct on (id) * from raw_ecommerce.products order by id, updated_at desc) p
-          on p.id = pu.product_id
-        where pu.purchased_at is not null
-        """
-    ).fetchone()[0]
-    actual = warehouse.execute(
-        "select round(sum(gross_revenue)::numeric, 2) from analytics_marts.fct_daily_revenue"
-    ).fetchone()[0]
-    assert actual == expected
+    # The marts, recomputed in plain Python from the raw tables (latest version of each id).
+    expected = ecommerce_marts_from_raw(warehouse)
+    revenue = {
+        row[0]: tuple(row[1:])
+        for row in warehouse.execute(
+            "select purchase_date, orders_count, gross_revenue, returns_count, returned_revenue, net_revenue "
+            "from analytics_marts.fct_daily_revenue"
+        ).fetchall()
+    }
+    assert revenue == expected["daily_revenue"]
+    customers = {
+        row[0]: tuple(row[1:])
+        for row in warehouse.execute(
+            "select customer_id, orders_count, returns_count, lifetime_net_revenue from analytics_marts.dim_customers"
+        ).fetchall()
+    }
+    assert customers == expected["customers"]
+
+
+def _latest(rows: list[tuple]) -> dict:
+    """Latest version of each id: rows are (id, updated_at, extracted_at, *rest)."""
+    latest: dict = {}
+    for row in rows:
+        key = (row[1] is not None, row[1], row[2])
+        if row[0] not in latest or key > latest[row[0]][0]:
+            latest[row[0]] = (key, row[3:])
+    return {ident: rest for ident, (_, rest) in latest.items()}
+
+
+def ecommerce_marts_from_raw(warehouse) -> dict[str, dict]:
+    products = _latest(
+        warehouse.execute(
+            "select id, updated_at::text, _airbyte_extracted_at, price from raw_ecommerce.products"
+        ).fetchall()
+    )
+    purchases = _latest(
+        warehouse.execute(
+            "select id, updated_at::text, _airbyte_extracted_at, user_id, product_id, purchased_at::text, "
+            "returned_at::text from raw_ecommerce.purchases"
+        ).fetchall()
+    )
+    users = _latest(
+        warehouse.execute(
+            "select id, updated_at::text, _airbyte_extracted_at from raw_ecommerce.users"
+        ).fetchall()
+    )
+    daily: dict = {}
+    customers = {user: [0, 0, Decimal(0)] for user in users}
+    for user, product, purchased_at, returned_at in purchases.values():
+        if purchased_at is None:
+            if returned_at is not None and user in customers:
+                customers[user][1] += 1
+            continue
+        price = Decimal(str(products[product][0]))
+        # raw timestamps are UTC (text without offset, or with one)
+        day = datetime.fromisoformat(purchased_at.replace("Z", "+00:00"))
+        day = (day.astimezone(UTC) if day.tzinfo else day).date()
+        orders, gross, returns, returned = daily.get(day, (0, Decimal(0), 0, Decimal(0)))
+        returned_now = returned_at is not None
+        daily[day] = (
+            orders + 1,
+            gross + price,
+            returns + returned_now,
+            returned + (price if returned_now else 0),
+        )
+        if user in customers:  # dim_customers lists the users table's customers only
+            customers[user][0] += 1
+            customers[user][1] += returned_now
+            customers[user][2] += 0 if returned_now else price
+    return {
+        "daily_revenue": {day: (o, g, r, rr, g - rr) for day, (o, g, r, rr) in daily.items()},
+        "customers": {user: tuple(values) for user, values in customers.items()},
+    }
 
 
 def test_failed_airbyte_job_fails_the_dag_and_runs_no_dbt(airflow, stack, energy_run) -> None:

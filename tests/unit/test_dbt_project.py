@@ -15,6 +15,7 @@ import os
 import re
 import uuid
 from collections import defaultdict
+from datetime import datetime, timedelta
 from pathlib import Path
 from unittest import mock
 from urllib.parse import urlsplit
@@ -24,7 +25,6 @@ from dbt.cli.main import dbtRunner
 
 DBT_DIR = Path(__file__).resolve().parents[2] / "include" / "dbt"
 PROJECT = "managed_elt"
-WINDOW_VARS = ("data_interval_start", "data_interval_end")
 LAYER_PREFIXES = {"staging": ("stg_",), "intermediate": ("int_",), "marts": ("fct_", "dim_")}
 LAYER_MATERIALIZATIONS = {
     "staging": {"view"},
@@ -187,15 +187,21 @@ def test_every_model_belongs_to_exactly_one_selector_tag(models):
     assert not wrong, f"models not in exactly one of the energy/ecommerce selectors: {wrong}"
 
 
-def test_windowed_marts_replace_their_window(models):
-    for name in ("fct_energy_hourly", "fct_energy_daily"):
+def test_windowed_marts_are_dbt_microbatch_by_utc_day(models):
+    for name, bucket in (("fct_energy_hourly", "hour_start_at"), ("fct_energy_daily", "reading_date")):
         config = models[name]["config"]
         assert config["materialized"] == "incremental", name
-        assert config["incremental_strategy"] == "replace_window", name
-        window_column = config["meta"].get("window_column")
-        assert window_column in models[name]["columns"], f"{name}: window column {window_column!r}"
-        assert config["meta"].get("window_grain") in ("hour", "day"), name
-        assert "data_interval_predicate" in models[name]["raw_code"], f"{name} does not filter its window"
+        assert config["incremental_strategy"] == "microbatch", name
+        assert config["event_time"] == bucket and bucket in models[name]["columns"], name
+        assert config["batch_size"] == "day" and config["begin"], name
+        assert "refuse_windowed_full_refresh" in models[name]["raw_code"], name
+    # Batches filter the readings on the start of the interval each reading covers.
+    assert models["int_energy_readings_unpivoted"]["config"]["event_time"] == "interval_start_at"
+
+
+def test_the_custom_window_strategy_is_gone():
+    leftovers = [p.name for p in (DBT_DIR / "macros").glob("*.sql") if "replace_window" in p.read_text()]
+    assert not leftovers and not (DBT_DIR / "macros" / "data_interval.sql").exists(), leftovers
 
 
 def test_marts_use_no_run_time_timestamps(models):
@@ -218,18 +224,21 @@ def test_foreign_keys_and_codes_are_tested(column_tests):
     assert not missing, f"missing tests: {missing}"
 
 
-def test_unit_tests_cover_unpivot_aggregation_and_window(manifest):
-    unit_tests = manifest.get("unit_tests", {}).values()
+def test_unit_tests_cover_unpivot_and_the_covered_interval_buckets(manifest):
     tested = defaultdict(list)
-    for unit_test in unit_tests:
+    for unit_test in manifest.get("unit_tests", {}).values():
         tested[unit_test["model"]].append(unit_test)
     assert tested["int_energy_readings_unpivoted"], "no unit test for the unpivot + dedup"
-    assert tested["fct_energy_daily"], "no unit test for the daily aggregation"
-    assert any(
-        set(WINDOW_VARS) <= set((t.get("overrides") or {}).get("vars") or {})
-        and all((t["overrides"]["vars"][v] or "") for v in WINDOW_VARS)
-        for t in tested["fct_energy_daily"]
-    ), "no unit test of fct_energy_daily with a data interval"
+    for model, boundary in (("fct_energy_daily", "00:00:00"), ("fct_energy_hourly", ":00:00")):
+        # The reading at a bucket's closing boundary (00:00 / HH:00) must be in a fixture.
+        readings = [
+            row["reading_at"]
+            for test in tested[model]
+            for given in test["given"]
+            for row in given["rows"] or []
+            if "reading_at" in row
+        ]
+        assert any(r[11:19].endswith(boundary) for r in readings), f"{model}: no reading on a bucket boundary"
 
 
 def test_profile_reads_only_environment_variables():
@@ -256,12 +265,12 @@ insert into raw_energy.muid_1
 select 'energy', to_char(ts at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
        '{"muid": "95ce3367-cbce-4a4d-bbe3-da082831d7bd", "quality": "measured"}',
        0.01, null, md5(ts::text || 'm1'), '2023-02-04 01:00+00', '{}', 1
-from generate_series('2023-02-01 00:00+00'::timestamptz, '2023-02-03 23:45+00', interval '15 min') ts;
+from generate_series('2023-02-01 00:15+00'::timestamptz, '2023-02-04 00:00+00', interval '15 min') ts;
 insert into raw_energy.muid_2
 select 'energy', to_char(ts at time zone 'utc', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'),
        '{"muid": "1db7649e-9342-4e04-97c7-f0ebb88ed1f8", "quality": "measured"}',
        null, 0.02, md5(ts::text || 'm2'), '2023-02-04 01:00+00', '{}', 1
-from generate_series('2023-02-01 00:00+00'::timestamptz, '2023-02-03 23:45+00', interval '15 min') ts;
+from generate_series('2023-02-01 00:15+00'::timestamptz, '2023-02-04 00:00+00', interval '15 min') ts;
 -- re-synced reading: the later extraction (1.0) wins
 insert into raw_energy.muid_1 values ('energy', '2023-02-02T10:00:00.000Z',
     '{"muid": "95ce3367-cbce-4a4d-bbe3-da082831d7bd", "quality": "measured"}',
@@ -305,6 +314,33 @@ DAILY_SQL = (
     "select reading_date::text, direction, energy_kwh::float, reading_count"
     " from analytics_marts.fct_energy_daily order by 1, 2"
 )
+ENERGY_RAW_SQL = """
+select "timestamp", _0100011d00ff::float, _0100021d00ff::float, _airbyte_extracted_at, _airbyte_raw_id
+from raw_energy.{table}
+"""
+
+
+def expected_daily_from_raw(cur) -> dict[tuple[str, str], tuple[float, int]]:
+    """(day, direction) -> (kWh, readings), in plain Python over the raw tables.
+
+    The latest extraction of each timestamp wins; a reading at t counts for the UTC day of the
+    interval it covers, (t - 15 min, t].
+    """
+    latest: dict[tuple[str, str], tuple] = {}
+    for table in ("muid_1", "muid_2"):
+        cur.execute(ENERGY_RAW_SQL.format(table=table))
+        for stamp, imported, exported, extracted, raw_id in cur.fetchall():
+            key = (table, stamp[:19])
+            if key not in latest or (extracted, raw_id) > latest[key][2:]:
+                latest[key] = (imported, exported, extracted, raw_id)
+    totals: dict[tuple[str, str], tuple[float, int]] = {}
+    for (_, stamp), (imported, exported, *_) in latest.items():
+        day = (datetime.fromisoformat(stamp) - timedelta(minutes=15)).date().isoformat()
+        for direction, value in (("import", imported), ("export", exported)):
+            if value is not None:
+                kwh, count = totals.get((day, direction), (0.0, 0))
+                totals[(day, direction)] = (kwh + value, count + 1)
+    return totals
 
 
 @pytest.fixture
@@ -342,41 +378,50 @@ def test_windowed_build_against_postgres(scratch_warehouse, tmp_path):
     conn, env = scratch_warehouse
     cur = conn.cursor()
 
-    def build(*extra: str) -> None:
+    def build(*extra: str, ok: bool = True):
         result = _run_dbt(["build", *extra], tmp_path, env)
         failed = [r.node.name for r in (result.result or []) if r.status not in ("success", "pass")]
-        assert result.success, f"dbt build {extra} failed: {failed or result.exception}"
+        if ok:
+            assert result.success, f"dbt build {extra} failed: {failed or result.exception}"
+        return result
 
-    def daily() -> list[tuple]:
+    def daily() -> dict[tuple[str, str], tuple[float, int]]:
         cur.execute(DAILY_SQL)
-        return cur.fetchall()
+        return {(d, di): (round(k, 6), c) for d, di, k, c in cur.fetchall()}
 
-    build()
+    def rounded(totals):
+        return {key: (round(kwh, 6), count) for key, (kwh, count) in totals.items()}
+
+    seeded = ["--event-time-start", "2023-02-01", "--event-time-end", "2023-02-04"]
+    build(*seeded)
     full = daily()
-    assert len(full) == 6 and all(count == 96 for *_, count in full)
-    # 95 regular readings of 0.01 plus the re-synced one, whose later extraction (1.0) wins
-    assert ("2023-02-02", "import", 1.95, 96) in [(d, di, round(k, 4), c) for d, di, k, c in full]
+    assert full == rounded(expected_daily_from_raw(cur))
+    # (D, D+1]: the seed's readings run 00:15 .. the next 00:00, so each day is whole
+    assert {count for _, count in full.values()} == {96}, full
     cur.execute("select net_revenue::float from analytics_marts.fct_daily_revenue order by purchase_date")
     assert cur.fetchall() == [(100.0,)]
 
     # change data outside the window, drop half of the import readings inside it
     cur.execute(
-        "update raw_energy.muid_1 set _0100011d00ff = 5 where \"timestamp\" < '2023-02-02';"
-        " delete from raw_energy.muid_1 where \"timestamp\" >= '2023-02-02T12:00' and \"timestamp\" < '2023-02-03'"
+        "update raw_energy.muid_1 set _0100011d00ff = 5 where \"timestamp\"::timestamptz <= '2023-02-02T00:00Z';"
+        " delete from raw_energy.muid_1 where \"timestamp\"::timestamptz > '2023-02-02T12:00Z'"
+        " and \"timestamp\"::timestamptz <= '2023-02-03T00:00Z'"
     )
-    window = (
-        '{data_interval_start: "2023-02-02T00:00:00+00:00", data_interval_end: "2023-02-03T00:00:00+00:00"}'
-    )
-    build("--selector", "energy", "--vars", window)
+    window = ["--event-time-start", "2023-02-02T00:00:00", "--event-time-end", "2023-02-03T00:00:00"]
+    build("--selector", "energy", *window)
     first = daily()
-    build("--selector", "energy", "--vars", window)
+    build("--selector", "energy", *window)
     assert daily() == first, "re-running the same window changed the mart"
+    assert first[("2023-02-02", "import")] == rounded(expected_daily_from_raw(cur))[("2023-02-02", "import")]
+    assert first[("2023-02-02", "import")][1] == 48, "readings that vanished inside the window remain"
+    assert {k: v for k, v in first.items() if k[0] != "2023-02-02"} == {
+        k: v for k, v in full.items() if k[0] != "2023-02-02"
+    }, "days outside the window changed"
 
-    by_key = {(d, di): (k, c) for d, di, k, c in first}
-    assert by_key[("2023-02-02", "import")][1] == 48, "readings that vanished inside the window remain"
-    untouched = {key: (k, c) for key, (k, c) in by_key.items() if key[0] != "2023-02-02"}
-    assert untouched == {(d, di): (k, c) for d, di, k, c in full if d != "2023-02-02"}
+    # --full-refresh with a window would keep only that window: refused, table untouched
+    refused = build("--selector", "energy", "--full-refresh", *window, ok=False)
+    assert not refused.success
+    assert daily() == first
 
-    build("--selector", "energy")  # no window: everything rebuilt from the source
-    assert {(d, di): c for d, di, _, c in daily()}[("2023-02-01", "import")] == 96
-    assert round(dict(((d, di), k) for d, di, k, _ in daily())[("2023-02-01", "import")], 4) == 480.0
+    build("--selector", "energy", *seeded)  # the whole seeded range rebuilt from the source
+    assert daily() == rounded(expected_daily_from_raw(cur))

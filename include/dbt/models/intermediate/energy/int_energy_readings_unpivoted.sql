@@ -56,6 +56,9 @@ final as (
         obis_code,
         direction,
         reading_at,
+        -- A reading at t is the energy of (t - 15 min, t]: it belongs to the hour and day
+        -- this start falls in (so the reading at D+1 00:00 belongs to day D).
+        reading_at - interval '15 minutes' as interval_start_at,
         energy_kwh,
         reading_quality,
         source_stream,

@@ -1,16 +1,20 @@
 {{ config(
     materialized='incremental',
-    incremental_strategy='replace_window',
+    incremental_strategy='microbatch',
+    event_time='reading_date',
+    batch_size='day',
+    begin='2023-02-01',
+    lookback=1,
     on_schema_change='fail',
-    meta={'window_column': 'reading_date', 'window_grain': 'day', 'window_column_type': 'date'},
 ) }}
+{{ refuse_windowed_full_refresh() }}
 
 with
 
+-- Microbatch filters this ref on its event_time (interval_start_at) to the batch's day.
 readings as (
 
     select * from {{ ref('int_energy_readings_unpivoted') }}
-    where {{ data_interval_predicate('reading_at', 'day') }}
 
 ),
 
@@ -20,7 +24,7 @@ daily as (
         meter_muid,
         obis_code,
         direction,
-        (reading_at at time zone 'utc')::date as reading_date,
+        (interval_start_at at time zone 'utc')::date as reading_date,
         sum(energy_kwh) as energy_kwh,
         count(*) as reading_count
 

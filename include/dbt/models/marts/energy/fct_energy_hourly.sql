@@ -1,16 +1,20 @@
 {{ config(
     materialized='incremental',
-    incremental_strategy='replace_window',
+    incremental_strategy='microbatch',
+    event_time='hour_start_at',
+    batch_size='day',
+    begin='2023-02-01',
+    lookback=1,
     on_schema_change='fail',
-    meta={'window_column': 'hour_start_at', 'window_grain': 'hour'},
 ) }}
+{{ refuse_windowed_full_refresh() }}
 
 with
 
+-- Microbatch filters this ref on its event_time (interval_start_at) to the batch's day.
 readings as (
 
     select * from {{ ref('int_energy_readings_unpivoted') }}
-    where {{ data_interval_predicate('reading_at', 'hour') }}
 
 ),
 
@@ -20,7 +24,7 @@ hourly as (
         meter_muid,
         obis_code,
         direction,
-        date_trunc('hour', reading_at, 'utc') as hour_start_at,
+        date_trunc('hour', interval_start_at, 'utc') as hour_start_at,
         sum(energy_kwh) as energy_kwh,
         count(*) as reading_count
 
