@@ -223,17 +223,10 @@ class Airbyte(_Model):
     sync_timeout: Duration(SECOND, 7 * DAY) = Field(  # type: ignore[valid-type]
         default=timedelta(hours=2), description="a sync running longer is cancelled"
     )
-    transient_error_budget: timedelta = Field(
+    transient_error_budget: Duration(SECOND, DAY) = Field(  # type: ignore[valid-type]
         default=timedelta(minutes=10),
         description="how long each Airbyte API call retries transient errors (5xx, 429, timeouts)",
     )
-
-    @field_validator("transient_error_budget")
-    @classmethod
-    def _transient_error_budget(cls, value: timedelta) -> timedelta:
-        if value <= timedelta(0):
-            raise ValueError("must be positive")
-        return value
 
     @field_validator("connections")
     @classmethod
