@@ -8,14 +8,14 @@ UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 VENV := .venv
 AIRBYTE_VENV := .venv-airbyte
 PYTHON := $(VENV)/bin/python
-DBT_DIR := include/dbt
+DBT_DIR := $(or $(ELT_DBT_PROJECT_DIR),include/dbt)
 DBT_MANIFEST := $(DBT_DIR)/target/manifest.json
-DBT_SOURCES := $(shell find $(DBT_DIR) -path $(DBT_DIR)/target -prune -o -path $(DBT_DIR)/logs -prune -o -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.yaml' -o -name '*.csv' \) -print 2>/dev/null)
+DBT_SOURCES := $(shell find $(DBT_DIR) -path $(DBT_DIR)/target -prune -o -path $(DBT_DIR)/logs -prune -o -path $(DBT_DIR)/dbt_packages -prune -o -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.yaml' -o -name '*.csv' \) -print 2>/dev/null)
 export DO_NOT_TRACK := 1
 export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export SCARF_ANALYTICS := false
 
-.PHONY: help install up down status demo test test-fast lint format lock lock-check dbt-manifest clean browser
+.PHONY: help install up down status demo test test-fast lint format lock lock-check dbt-manifest check new-pipeline clean browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ $(AIRBYTE_VENV)/.installed: dev/requirements-airbyte.lock | $(UV)
 $(DBT_MANIFEST): $(VENV)/.installed $(DBT_SOURCES)
 	PYTHONPATH=plugins $(PYTHON) -m elt.dbt
 
-dbt-manifest: $(DBT_MANIFEST) ## compile include/dbt/target/manifest.json (what Cosmos renders)
+dbt-manifest: $(DBT_MANIFEST) ## dbt deps (if packages.yml) + compile the project's target/manifest.json (what Cosmos renders)
 
 install: $(VENV)/.installed $(AIRBYTE_VENV)/.installed $(DBT_MANIFEST) ## create .venv and .venv-airbyte from the locks
 
@@ -62,6 +62,17 @@ test-fast: $(VENV)/.installed $(DBT_MANIFEST) ## lint + unit and DAG tests: no s
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest -q tests/unit tests/dags -m "not stack"
+	PYTHONPATH=plugins $(PYTHON) -m elt check
+
+STACK_ENV := $(or $(STACK_HOME),.local)/stack.env
+ENV_FROM_STACK := if [ -f $(STACK_ENV) ]; then set -a; . $(STACK_ENV); set +a; fi;
+
+check: $(VENV)/.installed $(DBT_MANIFEST) ## specs vs dbt sources; AIRBYTE=1 also vs the live Airbyte (`make up`)
+	@$(ENV_FROM_STACK) PYTHONPATH=plugins $(PYTHON) -m elt check $(if $(AIRBYTE),--airbyte)
+
+new-pipeline: $(VENV)/.installed ## scaffold a pipeline: make new-pipeline NAME=books CONNECTION=<airbyte connection id>
+	@test -n "$(NAME)" -a -n "$(CONNECTION)" || { echo "usage: make new-pipeline NAME=<name> CONNECTION=<id>"; exit 2; }
+	@$(ENV_FROM_STACK) PYTHONPATH=plugins $(PYTHON) -m elt new-pipeline $(NAME) --connection $(CONNECTION)
 
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check .

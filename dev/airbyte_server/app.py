@@ -15,8 +15,10 @@ from .context import ServerContext
 from .errors import ApiProblem, problem_response
 from .job_page import ui
 from .local_routes import local
+from .reload import refresh_workspace
 from .routes import protected, public
 from .settings import API_PREFIX
+from .streams import streams
 
 
 def create_app(context: ServerContext) -> FastAPI:
@@ -36,6 +38,7 @@ def create_app(context: ServerContext) -> FastAPI:
     app.state.ctx = context
     app.include_router(public, prefix=API_PREFIX)
     app.include_router(protected, prefix=API_PREFIX)
+    app.include_router(streams, prefix=API_PREFIX)
     app.include_router(config)
     app.include_router(local)
     app.include_router(ui)
@@ -58,6 +61,7 @@ def create_app(context: ServerContext) -> FastAPI:
     async def _faults(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         path = request.url.path
         if path.startswith(API_PREFIX):
+            refresh_workspace(context)
             fault = context.faults.take_http(request.method, path.removeprefix(API_PREFIX))
             if fault and fault.kind == "hang":
                 await asyncio.sleep(fault.seconds)

@@ -144,7 +144,7 @@ def doc_md(spec: PipelineSpec) -> str:
 {spec.description.strip()}
 
 **Owners:** {", ".join(spec.owners)} · **Spec:** `include/pipelines/{spec.name}.yaml` ·
-**dbt selector:** `{spec.dbt.selector if spec.dbt else "none (no dbt)"}` · **Alerts:** {", ".join(routes) or "none"}
+**dbt selection:** `{(spec.dbt.selector or " ".join(spec.dbt.select)) if spec.dbt else "none"}` · **Alerts:** {", ".join(routes) or "none"}
 
 **Airbyte connections** (synced in parallel; the wait runs in the triggerer):
 {connections or "none (dbt only)"}
@@ -158,11 +158,23 @@ sync that is still running instead of starting another; a dbt task re-runs only 
 `airflow backfill create --dag-id {spec.name} --from-date 2023-02-01 --to-date 2023-02-07`
 (add `--reprocess-behavior completed` to redo finished dates). Policy `{spec.backfill.sync}`: {backfill}.
 
-**Rebuild a date range in one run** (one dbt build): trigger with the params `rebuild_start` / `rebuild_end`
-(UTC days, inclusive), e.g. `airflow dags trigger {spec.name} -c '{{"rebuild_start": "2023-02-01", "rebuild_end": "2023-03-02"}}'`.
-
-**Source freshness** (`dbt.freshness: {spec.dbt.freshness}`): `source_freshness` checks the raw tables after the syncs;
-its error names each stale source and how far past its threshold it is.
+{_dbt_doc(spec)}
 
 {spec.doc or ""}
 """
+
+
+def _dbt_doc(spec: PipelineSpec) -> str:
+    if spec.dbt is None:
+        return ""
+    rebuild = (
+        "**Rebuild a date range in one run** (one dbt build): trigger with the params `rebuild_start` / "
+        "`rebuild_end` (UTC days, inclusive), e.g. "
+        f"""`airflow dags trigger {spec.name} -c '{{"rebuild_start": "2023-02-01", "rebuild_end": "2023-03-02"}}'`.\n\n"""
+        if spec.windowed
+        else ""
+    )
+    return (
+        f"{rebuild}**Source freshness** (`dbt.freshness: {spec.dbt.freshness}`): `source_freshness` checks the "
+        "raw tables after the syncs; its error names each stale source and how far past its threshold it is."
+    )

@@ -21,7 +21,7 @@ from cosmos.profiles import PostgresUserPasswordProfileMapping
 from elt import paths
 from elt.spec import PipelineSpec
 
-PROJECT_NAME = "managed_elt"
+PROJECT_NAME = paths.DBT_PROJECT_NAME
 TARGET_SCHEMA = "analytics"
 WAREHOUSE_CONN_ID = "warehouse"
 
@@ -160,6 +160,8 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
         render_config=RenderConfig(
             load_method=LoadMode.DBT_MANIFEST,
             selector=spec.dbt.selector,
+            select=list(spec.dbt.select),
+            exclude=list(spec.dbt.exclude),
             # per_model: BUILD runs each model with its tests in one task (half the tasks of
             # AFTER_EACH; a failing test still stops the models downstream). watcher: the producer
             # runs `dbt build`, and each model's tests report in their own task.
@@ -191,6 +193,8 @@ def source_freshness_task(spec: PipelineSpec) -> SourceFreshnessOperator:
         project_dir=paths.DBT_PROJECT_DIR,
         profile_config=profile_config(),
         selector=spec.dbt.selector,
+        select=" ".join(spec.dbt.select) or None,
+        exclude=" ".join(spec.dbt.exclude) or None,
         invocation_mode=InvocationMode.DBT_RUNNER,
         install_deps=False,
         fail_on_error=spec.dbt.freshness == "error",
@@ -270,13 +274,16 @@ def compile_manifest() -> int:
         "WAREHOUSE_DB": "warehouse",
     }.items():
         os.environ.setdefault(name, value)
+    project = ["--project-dir", str(paths.DBT_PROJECT_DIR), "--profiles-dir", str(paths.DBT_PROFILES_DIR)]
+    # A fresh clone, CI and the image build get the packages here (local ones need no network).
+    has_packages = any((paths.DBT_PROJECT_DIR / f).exists() for f in ("packages.yml", "dependencies.yml"))
+    if has_packages and not dbtRunner().invoke(["deps", *project]).success:
+        print("dbt deps failed (see above)", file=sys.stderr)
+        return 1
     result = dbtRunner().invoke(
         [
             "parse",
-            "--project-dir",
-            str(paths.DBT_PROJECT_DIR),
-            "--profiles-dir",
-            str(paths.DBT_PROJECT_DIR),
+            *project,
             "--target-path",
             str(paths.DBT_MANIFEST.parent),
             "--quiet",
@@ -285,7 +292,7 @@ def compile_manifest() -> int:
     if not result.success:
         print(f"dbt parse failed: {result.exception}", file=sys.stderr)
         return 1
-    print(f"wrote {paths.DBT_MANIFEST.relative_to(paths.REPO)}")
+    print(f"wrote {paths.DBT_MANIFEST}")
     return 0
 
 

@@ -15,6 +15,9 @@ VOCABULARY = Path(
     or (_VOCABULARY if _VOCABULARY.exists() else REPO / "include" / "pipelines" / "vocabulary.yaml")
 )
 DBT_PROJECT_DIR = Path(os.environ.get("ELT_DBT_PROJECT_DIR", REPO / "include" / "dbt"))
+DBT_PROJECT_NAME = os.environ.get("ELT_DBT_PROJECT_NAME", "managed_elt")  # `name:` in dbt_project.yml
+# profiles.yml for `dbt parse` only (it reads no secrets); runs use the `warehouse` connection.
+DBT_PROFILES_DIR = Path(os.environ.get("ELT_DBT_PROFILES_DIR", DBT_PROJECT_DIR))
 DBT_MANIFEST = Path(os.environ.get("ELT_DBT_MANIFEST", DBT_PROJECT_DIR / "target" / "manifest.json"))
 AIRBYTE_WORKSPACE = Path(
     os.environ.get("ELT_AIRBYTE_WORKSPACE", REPO / "include" / "airbyte" / "workspace.yaml")

@@ -245,7 +245,11 @@ class Airbyte(_Model):
 
 
 class Dbt(_Model):
-    selector: str = Field(description="a selector defined in include/dbt/selectors.yml")
+    selector: str | None = Field(
+        default=None, description="a selector defined in the dbt project's selectors.yml"
+    )
+    select: list[str] = Field(default_factory=list, description="dbt node selection, instead of a selector")
+    exclude: list[str] = Field(default_factory=list, description="dbt nodes to leave out of `select`")
     execution: Literal["watcher", "per_model"] = Field(
         default="watcher",
         description=(
@@ -260,6 +264,15 @@ class Dbt(_Model):
             "source is past its error_after; 'warn' only logs stale sources; 'off' does not check"
         ),
     )
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> Dbt:
+        # Cosmos renders either a YAML selector or select/exclude, never both.
+        if bool(self.selector) == bool(self.select):
+            raise ValueError("set either 'selector' or 'select' (with optional 'exclude'), not both")
+        if self.selector and self.exclude:
+            raise ValueError("'exclude' goes with 'select'; a selector has its own exclude")
+        return self
 
 
 class AlertRoute(_Model):
@@ -459,7 +472,7 @@ def load_spec(path: Path, manifest: Path | None = None) -> PipelineSpec:
     """Validate one spec for building its DAG: the file, the environment's connections, the dbt selector."""
     spec = parse_spec(path)
     check_environment(spec, display(path))
-    if spec.dbt is not None:
+    if spec.dbt is not None and spec.dbt.selector:
         selectors = dbt_selectors(manifest or paths.DBT_MANIFEST)
         if spec.dbt.selector not in selectors:
             raise SpecError(
@@ -517,14 +530,14 @@ def check_specs(
     connection_users: dict[UUID, list[str]] = {}
     loaded_tables = set()
     for path, spec in specs.items():
-        if spec.dbt is not None:
+        if spec.dbt is not None and spec.dbt.selector:
             selector_users.setdefault(spec.dbt.selector, []).append(display(path))
         for conn in spec.airbyte.connections if spec.airbyte else []:
             connection_users.setdefault(conn.id, []).append(display(path))
             loaded_tables |= {f"{conn.destination_schema}.{s.name}" for s in conn.streams}
     for path, spec in specs.items():
         file = display(path)
-        if spec.dbt is not None and len(users := selector_users[spec.dbt.selector]) > 1:
+        if spec.dbt is not None and len(users := selector_users.get(spec.dbt.selector, [])) > 1:
             others = [u for u in users if u != file]
             problems.append(
                 Problem(file, "dbt.selector", f"selector {spec.dbt.selector!r} is also used by {others}")

@@ -252,7 +252,12 @@ MATRIX: list[tuple[str, dict[str, object], str | None, str]] = [
         "airbyte",
         "poll_interval must be shorter than sync_timeout",
     ),
-    ("selector-missing", {"dbt.selector": ...}, "dbt.selector", "required field is missing"),
+    (
+        "selector-missing",
+        {"dbt.selector": ...},
+        "dbt",
+        "set either 'selector' or 'select' (with optional 'exclude'), not both",
+    ),
     (
         "execution-unknown",
         {"dbt.execution": "parallel"},
