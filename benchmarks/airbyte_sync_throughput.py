@@ -10,6 +10,10 @@ Needs a running server and AIRFLOW_CONN_AIRBYTE_DEFAULT (the stack's .local/stac
     set -a; . .local/stack.env; set +a
     .venv/bin/python benchmarks/airbyte_sync_throughput.py --connection ecommerce --runs 2
 
+`--no-reset` syncs incrementally from the saved state, so there is (almost) nothing to read: the
+wall time is then the fixed start-up of a job (worker process, PyAirbyte, connector start). Compare
+the warm worker with cold workers by restarting the server with LOCAL_AIRBYTE_WARM_WORKER=0.
+
 The energy figure is for the range the server was started with: for one month, start the server
 with ENERGY_START_DATE=2026-10-01 ENERGY_END_DATE=2026-10-31 (2 meters x 31 days x 96 = 5,952 rows).
 """
@@ -50,6 +54,9 @@ def main() -> None:
     )
     parser.add_argument("--connection", choices=[*CONNECTIONS, "all"], default="all")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument(
+        "--no-reset", action="store_true", help="sync from the saved state: measures fixed start-up"
+    )
     args = parser.parse_args()
     hook = AirbyteHook(airbyte_conn_id="airbyte_default")
     names = list(CONNECTIONS) if args.connection == "all" else [args.connection]
@@ -58,10 +65,12 @@ def main() -> None:
         f"{'connection':<10} {'run':>3} {'rows':>8} {'MB':>7} {'wall s':>7} {'rows/s':>8} {'rows/s (job)':>13}"
     )
     for name in names:
-        rates = []
+        rates, walls = [], []
         for run in range(1, args.runs + 1):
-            run_job(hook, CONNECTIONS[name], reset=True)
+            if not args.no_reset:
+                run_job(hook, CONNECTIONS[name], reset=True)
             job, wall = run_job(hook, CONNECTIONS[name])
+            walls.append(wall)
             job_seconds = iso_duration_seconds(job.duration)
             rate = job.rows_synced / wall
             rates.append(rate)
@@ -70,7 +79,10 @@ def main() -> None:
                 f"{rate:>8.0f} {job.rows_synced / max(job_seconds, 1):>13.0f}"
             )
         if len(rates) > 1:
-            print(f"{name:<10} median rows/s {statistics.median(rates):.0f}")
+            print(
+                f"{name:<10} median rows/s {statistics.median(rates):.0f}, "
+                f"median wall {statistics.median(walls):.1f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .config_routes import config
 from .context import ServerContext
 from .errors import ApiProblem, problem_response
 from .job_page import ui
@@ -38,6 +39,7 @@ def create_app(context: ServerContext) -> FastAPI:
     app.include_router(public, prefix=API_PREFIX)
     app.include_router(protected, prefix=API_PREFIX)
     app.include_router(streams, prefix=API_PREFIX)
+    app.include_router(config)
     app.include_router(local)
     app.include_router(ui)
 
@@ -63,6 +65,10 @@ def create_app(context: ServerContext) -> FastAPI:
             fault = context.faults.take_http(request.method, path.removeprefix(API_PREFIX))
             if fault and fault.kind == "hang":
                 await asyncio.sleep(fault.seconds)
+            elif fault and fault.kind == "drop-reply":
+                response = await call_next(request)
+                await asyncio.sleep(fault.seconds)
+                return response
             elif fault:
                 return problem_response(
                     fault.status, "injected-fault", f"injected HTTP {fault.status} for {path}"

@@ -15,7 +15,9 @@ from typing import Any
 
 @dataclass
 class HttpFault:
-    """The next `remaining` matching API requests answer `status` (kind=error) or hang (kind=hang)."""
+    """The next `remaining` matching API requests answer `status` (kind=error), hang before being
+    served (kind=hang), or are served and then hang before the reply (kind=drop-reply: the request
+    took effect but the client times out, as when a reply is lost)."""
 
     kind: str
     remaining: int

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -97,6 +100,28 @@ def add_hang(body: HangFault, context: Ctx) -> dict[str, Any]:
         HttpFault("hang", body.count, seconds=body.seconds, method=body.method, path_prefix=body.path_prefix)
     )
     return context.faults.snapshot()
+
+
+@local.post("/faults/drop-reply")
+def add_drop_reply(body: HangFault, context: Ctx) -> dict[str, Any]:
+    """Serve the next matching requests, then hold the reply `seconds`: the client sees a timeout."""
+    context.faults.add_http(
+        HttpFault(
+            "drop-reply", body.count, seconds=body.seconds, method=body.method, path_prefix=body.path_prefix
+        )
+    )
+    return context.faults.snapshot()
+
+
+@local.post("/faults/kill-worker/{job_id}")
+def kill_worker(job_id: int, context: Ctx) -> dict[str, Any]:
+    """SIGKILL the running attempt's worker process group, like a worker crash."""
+    pid = context.supervisor.pid_of(job_id)
+    if pid is None:
+        raise errors.not_found("running worker of job", job_id)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    return {"jobId": job_id, "killed": pid}
 
 
 @local.post("/faults/fail-next-job")

@@ -17,8 +17,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-ACTIVE_STATUSES = ("pending", "running")
-TERMINAL_STATUSES = ("succeeded", "failed", "cancelled", "incomplete")
+# `incomplete`: an attempt was interrupted and the next one has not started yet (still active).
+ACTIVE_STATUSES = ("pending", "running", "incomplete")
+TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -36,9 +37,26 @@ CREATE TABLE IF NOT EXISTS jobs (
     message        text
 );
 -- Airbyte runs at most one job per connection; the index makes the check race-free.
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_per_connection
-    ON jobs (connection_id) WHERE status IN ('pending', 'running');
+DROP INDEX IF EXISTS jobs_one_active_per_connection;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_one_active_per_connection_v2
+    ON jobs (connection_id) WHERE status IN ('pending', 'running', 'incomplete');
 CREATE INDEX IF NOT EXISTS jobs_connection_created ON jobs (connection_id, created_at);
+
+-- One row per attempt of a job (Airbyte's attempts), numbered from 0; `failure` is one entry of
+-- Airbyte's failureSummary.failures; `log_offset` is where the attempt's lines start in job.log.
+CREATE TABLE IF NOT EXISTS attempts (
+    job_id         bigint      NOT NULL REFERENCES jobs (job_id),
+    attempt_number integer     NOT NULL,
+    status         text        NOT NULL DEFAULT 'running',
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    updated_at     timestamptz NOT NULL DEFAULT now(),
+    ended_at       timestamptz,
+    rows_synced    bigint      NOT NULL DEFAULT 0,
+    bytes_synced   bigint      NOT NULL DEFAULT 0,
+    failure        jsonb,
+    log_offset     bigint      NOT NULL DEFAULT 0,
+    PRIMARY KEY (job_id, attempt_number)
+);
 
 -- Latest state message per stream (or '__global__'), carried from one job to the next.
 CREATE TABLE IF NOT EXISTS connection_state (
@@ -87,6 +105,20 @@ class Job:
     @property
     def is_active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+
+@dataclass(frozen=True)
+class Attempt:
+    job_id: int
+    attempt_number: int
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    ended_at: datetime | None
+    rows_synced: int
+    bytes_synced: int
+    failure: dict[str, Any] | None
+    log_offset: int
 
 
 @dataclass(frozen=True)
@@ -145,8 +177,8 @@ class Store:
             # the unique index stays the backstop.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (connection_id,))
             busy = conn.execute(
-                "SELECT 1 FROM jobs WHERE connection_id = %s AND status IN ('pending', 'running')",
-                (connection_id,),
+                "SELECT 1 FROM jobs WHERE connection_id = %s AND status = ANY(%s)",
+                (connection_id, list(ACTIVE_STATUSES)),
             ).fetchone()
             if busy:
                 raise ConnectionBusyError(connection_id)
@@ -189,19 +221,61 @@ class Store:
     def active_jobs(self) -> list[Job]:
         with self._tx() as conn:
             rows = conn.execute(
-                "SELECT * FROM jobs WHERE status IN ('pending', 'running') ORDER BY job_id"
+                "SELECT * FROM jobs WHERE status = ANY(%s) ORDER BY job_id", (list(ACTIVE_STATUSES),)
             ).fetchall()
         return [Job(**r) for r in rows]
 
-    def mark_running(self, job_id: int) -> bool:
-        """pending -> running; False if the job left `pending` meanwhile (e.g. cancelled)."""
+    def start_attempt(self, job_id: int, log_offset: int) -> int | None:
+        """pending/incomplete -> running with a new attempt; its number, or None if the job ended."""
         with self._tx() as conn:
             cur = conn.execute(
-                "UPDATE jobs SET status = 'running', started_at = now(), updated_at = now() "
-                "WHERE job_id = %s AND status = 'pending'",
+                "UPDATE jobs SET status = 'running', started_at = coalesce(started_at, now()), "
+                "updated_at = now() WHERE job_id = %s AND status IN ('pending', 'incomplete')",
+                (job_id,),
+            )
+            if cur.rowcount != 1:
+                return None
+            row = conn.execute(
+                "INSERT INTO attempts (job_id, attempt_number, log_offset) "
+                "SELECT %s, count(*), %s FROM attempts WHERE job_id = %s RETURNING attempt_number",
+                (job_id, log_offset, job_id),
+            ).fetchone()
+        return row["attempt_number"]
+
+    def end_attempt(
+        self,
+        job_id: int,
+        status: str,
+        *,
+        rows_synced: int = 0,
+        bytes_synced: int = 0,
+        failure: dict[str, Any] | None = None,
+    ) -> None:
+        """Close the job's open attempt (if any) as `succeeded` or `failed`."""
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE attempts SET status = %s, ended_at = now(), updated_at = now(), "
+                "rows_synced = %s, bytes_synced = %s, failure = %s "
+                "WHERE job_id = %s AND ended_at IS NULL",
+                (status, rows_synced, bytes_synced, json.dumps(failure) if failure else None, job_id),
+            )
+
+    def mark_incomplete(self, job_id: int) -> bool:
+        """running/pending -> incomplete (waiting for its next attempt); False if the job ended."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET status = 'incomplete', updated_at = now() "
+                "WHERE job_id = %s AND status IN ('pending', 'running')",
                 (job_id,),
             )
             return cur.rowcount == 1
+
+    def attempts(self, job_id: int) -> list[Attempt]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT * FROM attempts WHERE job_id = %s ORDER BY attempt_number", (job_id,)
+            ).fetchall()
+        return [Attempt(**r) for r in rows]
 
     def set_pid(self, job_id: int, pid: int) -> None:
         with self._tx() as conn:
@@ -223,8 +297,8 @@ class Store:
                 "UPDATE jobs SET status = %s, ended_at = now(), updated_at = now(), "
                 "rows_synced = coalesce(%s, rows_synced), bytes_synced = coalesce(%s, bytes_synced), "
                 "message = coalesce(%s, message) "
-                "WHERE job_id = %s AND status IN ('pending', 'running')",
-                (status, rows_synced, bytes_synced, message, job_id),
+                "WHERE job_id = %s AND status = ANY(%s)",
+                (status, rows_synced, bytes_synced, message, job_id, list(ACTIVE_STATUSES)),
             )
             return cur.rowcount == 1
 

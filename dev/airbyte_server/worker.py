@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 
 from .settings import Settings
@@ -28,8 +29,8 @@ class InjectedFailureError(RuntimeError):
     """Raised for a job an injected fault told to fail."""
 
 
-def _die_with_server() -> None:
-    """Have the kernel kill this worker when the server process dies (Linux only)."""
+def die_with_parent() -> None:
+    """Have the kernel kill this process when its parent (server or warm worker) dies (Linux only)."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -38,6 +39,42 @@ def _die_with_server() -> None:
     # The server may have died before prctl took effect.
     if os.environ.get(ENV_PARENT_PID) and os.getppid() != int(os.environ[ENV_PARENT_PID]):
         os._exit(1)
+
+
+def failure_of(exc: BaseException) -> dict[str, object]:
+    """The exception as one entry of Airbyte's `failureSummary.failures`.
+
+    PyAirbyte's errors carry the connector's own message (e.g. the source's TRACE error) in
+    `get_message()` and the connector's last log lines in `log_text`.
+    """
+    if isinstance(exc, InjectedFailureError):
+        origin = "replication"
+    elif getattr(exc, "connector_name", None):
+        origin = "source"
+    elif (
+        type(exc).__module__.split(".")[0] in ("psycopg", "psycopg2", "sqlalchemy")
+        or "Cache" in type(exc).__name__
+    ):
+        origin = "destination"
+    else:
+        origin = "replication"
+    get_message = getattr(exc, "get_message", None)
+    external = (get_message() if callable(get_message) else str(exc)).strip() or type(exc).__name__
+    internal = str(getattr(exc, "original_exception", None) or "") or external
+    log_text = getattr(exc, "log_text", None)
+    if isinstance(log_text, list):
+        log_text = "\n".join(log_text)
+    if log_text:
+        internal = f"{internal}\nLast connector log lines:\n" + "\n".join(log_text.splitlines()[-10:])
+    return {
+        "failureOrigin": origin,
+        "failureType": "system_error" if origin == "replication" else "config_error",
+        "externalMessage": external.splitlines()[0],
+        "internalMessage": internal,
+        "stacktrace": "".join(traceback.format_exception(exc))[-4000:],
+        "retryable": False,
+        "timestamp": int(time.time() * 1000),
+    }
 
 
 def run(job_id: int) -> int:
@@ -68,7 +105,9 @@ def run(job_id: int) -> int:
         return 0
     except Exception as exc:
         traceback.print_exc()
-        result["error"] = f"{type(exc).__name__}: {exc}"
+        failure = failure_of(exc)
+        result["error"] = f"{type(exc).__name__}: {failure['externalMessage']}"
+        result["failure"] = failure
         return 1
     finally:
         (settings.job_dir(job_id) / RESULT_FILE).write_text(json.dumps(result))
@@ -79,7 +118,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or not argv[1].isdigit():
         print("usage: python -m dev.airbyte_server.worker JOB_ID", file=sys.stderr)
         return 2
-    _die_with_server()
+    die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [worker] %(levelname)s %(name)s: %(message)s")
     return run(int(argv[1]))
 

@@ -91,13 +91,14 @@ def _airbyte_group(spec: PipelineSpec, connection) -> TaskGroup:
             connection_id=str(connection.id),
             airbyte_conn_id=airbyte.conn_id,
             request_timeout=airbyte.request_timeout.total_seconds(),
+            transient_error_budget=airbyte.transient_error_budget.total_seconds(),
             backfill_sync=spec.backfill.sync,
             coverage=[
                 (f"{connection.destination_schema}.{stream.name}", stream.cursor_field)
                 for stream in connection.streams
                 if stream.cursor_field
             ],
-            execution_timeout=airbyte.request_timeout * 10,
+            execution_timeout=airbyte.request_timeout * 10 + airbyte.transient_error_budget,
             doc_md=f"Starts a sync of Airbyte connection `{connection.id}` (or attaches to the running one).",
         )
         wait = AirbyteJobWaitSensor(
@@ -107,6 +108,7 @@ def _airbyte_group(spec: PipelineSpec, connection) -> TaskGroup:
             connection_id=str(connection.id),
             poll_interval=airbyte.poll_interval.total_seconds(),
             request_timeout=airbyte.request_timeout.total_seconds(),
+            transient_error_budget=airbyte.transient_error_budget.total_seconds(),
             timeout=airbyte.sync_timeout.total_seconds(),
             execution_timeout=airbyte.sync_timeout,
             outlets=[raw_table_asset(connection.destination_schema, s.name) for s in connection.streams],

@@ -184,7 +184,7 @@ class _Model(BaseModel):
 
 class AirbyteStream(_Model):
     name: Identifier
-    cursor_field: str | None = Field(
+    cursor_field: Identifier | None = Field(
         default=None, description="column whose maximum tells how far the raw table reaches (backfills)"
     )
 
@@ -226,6 +226,10 @@ class Airbyte(_Model):
     )
     sync_timeout: Duration(SECOND, 7 * DAY) = Field(  # type: ignore[valid-type]
         default=timedelta(hours=2), description="a sync running longer is cancelled"
+    )
+    transient_error_budget: Duration(SECOND, DAY) = Field(  # type: ignore[valid-type]
+        default=timedelta(minutes=10),
+        description="how long each Airbyte API call retries transient errors (5xx, 429, timeouts)",
     )
 
     @field_validator("connections")

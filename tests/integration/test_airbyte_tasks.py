@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from airflow.providers.airbyte.hooks.airbyte import AirbyteHook
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
 from elt.airbyte import AirbyteJobTrigger, AirbyteJobWaitSensor, AirbyteSyncOperator, list_jobs
+from tests.integration.conftest_airbyte import StackServer
 from tests.integration.pipeline_runs import ECOMMERCE_CONNECTION, local_airbyte
 
 pytestmark = pytest.mark.stack
@@ -139,6 +141,107 @@ def test_a_failed_job_fails_the_wait_for_good(airbyte, stack) -> None:
     sensor = AirbyteJobWaitSensor(
         task_id="wait", airbyte_job_id=job.job_id, connection_id=ECOMMERCE_CONNECTION
     )
-    with pytest.raises(AirflowFailException, match=f"Airbyte job {job.job_id} failed"):
+    with pytest.raises(AirflowFailException) as failed:
         sensor.execute_complete(context(), event)
+    # The cause, from the job's attempts (Airbyte's configuration API), is what the alert quotes.
+    assert str(failed.value) == f"Airbyte job {job.job_id} failed: replication: boom"
     assert sensor.job_url.endswith(f"/connections/{ECOMMERCE_CONNECTION}/timeline?jobId={job.job_id}")
+
+
+# -- the fault matrix (issue 12): the API blinks, replies get lost, the server restarts ---------------
+
+
+def release(stack) -> None:
+    local_airbyte(stack, "DELETE", f"/faults/hold-jobs/{ECOMMERCE_CONNECTION}")
+
+
+def new_jobs(hook: AirbyteHook, before: set[int]) -> list[int]:
+    return sorted(j.job_id for j in list_jobs(hook, ECOMMERCE_CONNECTION, limit=50) if j.job_id not in before)
+
+
+def jobs_now(hook: AirbyteHook) -> set[int]:
+    return {j.job_id for j in list_jobs(hook, ECOMMERCE_CONNECTION, limit=50)}
+
+
+def wait_until_done(sensor: AirbyteJobWaitSensor, job_id: int, timeout: float = 600) -> dict:
+    """The wait as Airflow runs it: execute, then the trigger in the triggerer, then execute_complete."""
+    try:
+        return sensor.execute(context())
+    except TaskDeferred as deferred:
+        assert int(deferred.trigger.job_id) == job_id
+        event = asyncio.run(first_event(deferred.trigger, timeout))
+    return sensor.execute_complete(context(), event)
+
+
+def test_503s_during_the_wait_of_a_succeeding_job_do_not_fail_it(airbyte, stack) -> None:
+    job_id = operator().execute(context())
+    release(stack)
+    # 20 in a row on job polling: the first poll in execute and the deferred polls share them.
+    local_airbyte(
+        stack,
+        "POST",
+        "/faults/http-error",
+        {"status": 503, "count": 20, "method": "GET", "pathPrefix": "/jobs/"},
+    )
+    sensor = AirbyteJobWaitSensor(
+        task_id="wait", airbyte_job_id=job_id, connection_id=ECOMMERCE_CONNECTION, poll_interval=1
+    )
+    assert wait_until_done(sensor, job_id)["job_id"] == job_id
+    assert local_airbyte(stack, "GET", "/faults")["http"] == []  # all 20 were served
+
+
+def test_two_503s_at_submit_leave_one_job(airbyte, stack) -> None:
+    before = jobs_now(airbyte)
+    local_airbyte(
+        stack,
+        "POST",
+        "/faults/http-error",
+        {"status": 503, "count": 2, "method": "POST", "pathPrefix": "/jobs"},
+    )
+    job_id = operator().execute(context())
+    assert new_jobs(airbyte, before) == [job_id]
+
+
+def test_a_lost_submit_reply_leaves_one_job(airbyte, stack) -> None:
+    before = jobs_now(airbyte)
+    local_airbyte(
+        stack, "POST", "/faults/drop-reply", {"seconds": 8, "method": "POST", "pathPrefix": "/jobs"}
+    )
+    job_id = AirbyteSyncOperator(
+        task_id="sync", connection_id=ECOMMERCE_CONNECTION, request_timeout=3
+    ).execute(context())
+    assert new_jobs(airbyte, before) == [job_id]
+
+
+def test_a_cleared_wait_on_a_failed_job_syncs_again(airbyte, stack) -> None:
+    local_airbyte(
+        stack, "POST", "/faults/fail-next-job", {"connectionId": ECOMMERCE_CONNECTION, "message": "boom"}
+    )
+    release(stack)
+    failed = airbyte.submit_sync_connection(ECOMMERCE_CONNECTION).job_id
+    asyncio.run(first_event(trigger(failed), 120))
+    local_airbyte(stack, "POST", "/faults/hold-jobs", {"connectionId": ECOMMERCE_CONNECTION})
+    sensor = AirbyteJobWaitSensor(task_id="wait", airbyte_job_id=failed, connection_id=ECOMMERCE_CONNECTION)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context(try_number=2))
+    new = int(deferred.value.trigger.job_id)
+    assert new != failed
+    assert airbyte.get_job_status(new).value in ("pending", "running")
+    assert sensor.job_url.endswith(f"jobId={new}")
+
+
+def test_the_wait_rides_through_a_restart_of_airbyte_mid_sync(airbyte, stack) -> None:
+    before = jobs_now(airbyte)
+    job_id = operator().execute(context())
+    release(stack)
+    server = StackServer(Path(stack["STACK_HOME"]))
+    deadline = time.monotonic() + 120
+    while not local_airbyte(stack, "GET", f"/jobs/{job_id}")["pid"] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    server.kill()
+    server.start()
+    sensor = AirbyteJobWaitSensor(
+        task_id="wait", airbyte_job_id=job_id, connection_id=ECOMMERCE_CONNECTION, poll_interval=1
+    )
+    assert wait_until_done(sensor, job_id)["job_id"] == job_id
+    assert new_jobs(airbyte, before) == [job_id]

@@ -329,7 +329,81 @@ def test_fault_hold_jobs_in_pending(hook: AirbyteHook, local_airbyte: LocalAirby
 # -- restart ----------------------------------------------------------------------------------------
 
 
-def test_jobs_survive_a_server_crash(hook: AirbyteHook, local_airbyte: LocalAirbyte) -> None:
+def job_info(local_airbyte: LocalAirbyte, hook: AirbyteHook, job_id: int) -> dict:
+    """Airbyte OSS's configuration API view of a job (attempts, failure summaries, log lines)."""
+    client = httpx.Client(timeout=30)
+    conn = json.loads(os.environ["AIRFLOW_CONN_AIRBYTE_DEFAULT"])
+    issued = client.post(
+        conn["schema"], data={"client_id": conn["login"], "client_secret": conn["password"]}
+    ).json()["access_token"]
+    response = client.post(
+        f"{local_airbyte.base_url}/api/v1/jobs/get",
+        json={"id": job_id},
+        headers={"Authorization": f"Bearer {issued}"},
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def test_job_info_has_the_attempts_and_failure_summary(
+    hook: AirbyteHook, local_airbyte: LocalAirbyte
+) -> None:
+    message = "HTTP 401 from meter API (token expired)"
+    local_airbyte.local("POST", "/faults/fail-next-job", {"connectionId": ECOMMERCE, "message": message})
+    job = hook.submit_sync_connection(ECOMMERCE)
+    assert wait_status(hook, job.job_id, {"failed", "succeeded"}, timeout=120) == "failed"
+    info = job_info(local_airbyte, hook, job.job_id)
+    assert info["job"]["id"] == job.job_id and info["job"]["configId"] == ECOMMERCE
+    assert info["job"]["status"] == "failed" and info["job"]["configType"] == "sync"
+    [attempt] = info["attempts"]
+    assert attempt["attempt"]["status"] == "failed"
+    [failure] = attempt["attempt"]["failureSummary"]["failures"]
+    assert failure["externalMessage"] == message
+    assert failure["failureOrigin"] == "replication"
+    assert any(message in line for line in attempt["logs"]["logLines"])
+
+
+def test_job_info_needs_a_token(local_airbyte: LocalAirbyte) -> None:
+    response = httpx.post(f"{local_airbyte.base_url}/api/v1/jobs/get", json={"id": 1}, timeout=30)
+    assert response.status_code == 401
+
+
+def test_fault_drop_reply_creates_the_job_but_times_the_client_out(
+    hook: AirbyteHook, local_airbyte: LocalAirbyte
+) -> None:
+    local_airbyte.local("POST", "/faults/hold-jobs", {"connectionId": ECOMMERCE})
+    before = {j.job_id for j in _jobs(hook)}
+    impatient = AirbyteHook(airbyte_conn_id="airbyte_default", timeout=2)
+    local_airbyte.local("POST", "/faults/drop-reply", {"seconds": 5, "method": "POST", "pathPrefix": "/jobs"})
+    with pytest.raises(AirflowException, match="timed out"):
+        impatient.submit_sync_connection(ECOMMERCE)
+    created = [j for j in _jobs(hook) if j.job_id not in before]
+    assert len(created) == 1
+    hook.cancel_job(created[0].job_id)
+
+
+def _jobs(hook: AirbyteHook) -> list:
+    request = api.ListJobsRequest(connection_id=ECOMMERCE, limit=20)
+    return list(hook.airbyte_api.jobs.list_jobs(request=request).jobs_response.data)
+
+
+def test_a_crashed_worker_gets_a_new_attempt(hook: AirbyteHook, local_airbyte: LocalAirbyte) -> None:
+    job = hook.submit_sync_connection(ECOMMERCE)
+    pid = wait_for_pid(local_airbyte, job.job_id)
+    local_airbyte.local("POST", f"/faults/kill-worker/{job.job_id}")
+    assert wait_status(hook, job.job_id, {"succeeded", "failed"}, timeout=300) == "succeeded"
+    attempts = job_info(local_airbyte, hook, job.job_id)["attempts"]
+    assert [a["attempt"]["status"] for a in attempts] == ["failed", "succeeded"]
+    assert "worker died" in attempts[0]["attempt"]["failureSummary"]["failures"][0]["externalMessage"]
+    assert not process_group_alive(pid)
+
+
+# -- restart ----------------------------------------------------------------------------------------
+
+
+def test_a_job_interrupted_by_a_server_crash_resumes_in_a_new_attempt(
+    hook: AirbyteHook, local_airbyte: LocalAirbyte
+) -> None:
     finished = hook.submit_sync_connection(ECOMMERCE)
     hook.cancel_job(finished.job_id)
     running = hook.submit_sync_connection(ECOMMERCE)
@@ -338,13 +412,16 @@ def test_jobs_survive_a_server_crash(hook: AirbyteHook, local_airbyte: LocalAirb
     local_airbyte.server.kill()
     local_airbyte.server.start()
 
-    assert hook.get_job_status(running.job_id).value == "failed"
-    assert "server stopped" in local_airbyte.local("GET", f"/jobs/{running.job_id}")["message"]
-    assert hook.get_job_status(finished.job_id).value == "cancelled"
+    # Killed with the server (PR_SET_PDEATHSIG or the restart's sweep), never left running.
     deadline = time.monotonic() + 10
     while process_group_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not process_group_alive(pid)
+    assert hook.get_job_status(finished.job_id).value == "cancelled"
+    assert wait_status(hook, running.job_id, {"succeeded", "failed"}, timeout=300) == "succeeded"
+    attempts = job_info(local_airbyte, hook, running.job_id)["attempts"]
+    assert [a["attempt"]["status"] for a in attempts] == ["failed", "succeeded"]
+    assert "server restarted" in attempts[0]["attempt"]["failureSummary"]["failures"][0]["externalMessage"]
     # The connection is free again.
     again = hook.submit_sync_connection(ECOMMERCE)
     hook.cancel_job(again.job_id)
