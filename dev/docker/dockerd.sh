@@ -7,6 +7,12 @@ SOCK=$ROOT/docker.sock
 PIDFILE=$ROOT/dockerd.pid
 export DOCKER_HOST=unix://$SOCK
 
+# Containers go under a cgroup of their own whose CPU weight is that of several host processes:
+# under Docker's default (/docker, weight 1024) all containers together weigh as much as ONE
+# process, and starve on a machine busy with other work.
+CGROUP=elt-docker-$(echo "$ROOT" | cksum | cut -d' ' -f1)
+CPU_SHARES=${ELT_DOCKER_CPU_SHARES:-8192}
+
 running() { [[ -f $PIDFILE ]] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; }
 
 case ${1:-} in
@@ -23,10 +29,15 @@ start)
       umount "$probe/m"; driver=overlay2; else driver=vfs; fi
     rm -rf "$probe"
   fi
+  if [[ -d /sys/fs/cgroup/cpu ]]; then  # cgroup v1
+    mkdir -p "/sys/fs/cgroup/cpu/$CGROUP" 2>/dev/null && echo "$CPU_SHARES" >"/sys/fs/cgroup/cpu/$CGROUP/cpu.shares" || true
+  elif [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then  # cgroup v2
+    mkdir -p "/sys/fs/cgroup/$CGROUP" 2>/dev/null && echo $((CPU_SHARES * 100 / 1024)) >"/sys/fs/cgroup/$CGROUP/cpu.weight" || true
+  fi
   # --bridge=none/--iptables=false: containers use host networking only; nothing touches the host's firewall.
   nohup dockerd -H "$DOCKER_HOST" --data-root "$ROOT/data" --exec-root "$ROOT/exec" \
     --pidfile "$PIDFILE" --storage-driver "$driver" --bridge=none --iptables=false --ip6tables=false \
-    --ip-forward=false --ip-masq=false \
+    --ip-forward=false --ip-masq=false --cgroup-parent "/$CGROUP" \
     >"$ROOT/dockerd.log" 2>&1 </dev/null &
   for _ in $(seq 120); do
     if docker version >/dev/null 2>&1; then echo "dockerd: up ($driver) at $DOCKER_HOST"; exit 0; fi
@@ -47,6 +58,7 @@ stop)
   # Leftover containerd shims of this engine (they carry our exec root in their command line).
   for p in $(pgrep -f "containerd-shim.*$ROOT" || true); do kill -9 "$p" 2>/dev/null || true; done
   rm -f "$PIDFILE" "$SOCK"
+  for dir in /sys/fs/cgroup/*/"$CGROUP" /sys/fs/cgroup/"$CGROUP"; do [[ -d $dir ]] && rmdir "$dir" 2>/dev/null || true; done
   echo "dockerd: stopped"
   ;;
 env) echo "export DOCKER_HOST=$DOCKER_HOST" ;;
