@@ -163,9 +163,14 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def stragglers() -> list[int]:
-    """Processes started by this stack that are still alive (any process group)."""
+    """Processes started by this stack that are still alive (any process group); never this
+    process or its ancestors (e.g. a shell whose working directory is inside the stack's home)."""
+    me, mine = os.getpid(), set()
+    while me > 1 and len(mine) < 64:
+        mine.add(me)
+        me = parent(me)
     pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
-    return [pid for pid in pids if pid != os.getpid() and is_ours(pid) and is_alive(pid)]
+    return [pid for pid in pids if pid not in mine and is_ours(pid) and is_alive(pid)]
 
 
 def kill_stragglers(timeout: float = 10, pids: list[int] | None = None) -> list[int]:

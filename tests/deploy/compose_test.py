@@ -423,10 +423,13 @@ def run_pipelines(engine: Engine, env: dict[str, str]) -> str:
     with psycopg.connect(dsn) as conn:
         if conn.execute("select rolsuper from pg_roles where rolname = current_user").fetchone()[0]:
             raise Failed("the warehouse user (dbt's login) is a superuser")
-        # Every day the run built (a fresh warehouse: only its window), against the meter API.
-        days = conn.execute("select distinct reading_date from analytics_marts.fct_energy_daily").fetchall()
+        # Every day the run built (a fresh warehouse: only its window) against the meter API.
+        # Complete days only (96 readings): a window need not end at midnight.
+        days = conn.execute(
+            "select distinct reading_date from analytics_marts.fct_energy_daily where reading_count = 96"
+        ).fetchall()
         if not days:
-            raise Failed("analytics_marts.fct_energy_daily is empty after the energy_meters run")
+            raise Failed("analytics_marts.fct_energy_daily has no complete day after the energy_meters run")
         for (day,) in days:
             day_start = datetime(day.year, day.month, day.day, tzinfo=UTC)
             for stream, muid in ENERGY_STREAMS.items():

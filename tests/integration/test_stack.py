@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,14 +46,13 @@ pytestmark = pytest.mark.stack
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Postgres runs as an unprivileged user: the directory must be reachable by everyone.
-    path = tmp_path_factory.mktemp("stack")
-    for parent in [path, *path.parents]:
-        if parent == Path("/"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o055)
-    return path
+def home() -> Iterator[Path]:
+    # Postgres runs as an unprivileged user: the directory must be reachable by everyone. Not under
+    # pytest's basetemp: another pytest session of the same user resets that to mode 0700.
+    path = Path(tempfile.mkdtemp(prefix="elt-stack-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def runner(home: Path, command: str, **extra: str) -> subprocess.CompletedProcess[str]:
