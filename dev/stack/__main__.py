@@ -244,7 +244,9 @@ def up() -> None:
             )
             print(f"  {service.name}: listening on 127.0.0.1:{service.port}")
     health = f"{env['AIRFLOW_API_URL']}/api/v2/monitor/health"
-    procs.wait_until(lambda: airflow_health(health), "Airflow", 180, procs.log_file("airflow-api-server"))
+    # STACK_HEALTH_TIMEOUT: more patience on a machine busy with other work.
+    timeout = float(os.environ.get("STACK_HEALTH_TIMEOUT", "180"))
+    procs.wait_until(lambda: airflow_health(health), "Airflow", timeout, procs.log_file("airflow-api-server"))
     print("  airflow: api-server, scheduler, dag-processor and triggerer healthy")
     print(
         f"\nStack is up in {time.monotonic() - started:.0f}s.\n"

@@ -56,7 +56,7 @@ def home() -> Iterator[Path]:
 
 
 def runner(home: Path, command: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **PORTS, "STACK_HOME": str(home), **extra}
+    env = {**os.environ, **PORTS, "STACK_HOME": str(home), "STACK_HEALTH_TIMEOUT": "600", **extra}
     for key in list(env):
         if key.startswith(("AIRFLOW_CONN_", "AIRFLOW__")):
             env.pop(key)
