@@ -58,6 +58,8 @@ stop)
   # Leftover containerd shims of this engine (they carry our exec root in their command line).
   for p in $(pgrep -f "containerd-shim.*$ROOT" || true); do kill -9 "$p" 2>/dev/null || true; done
   rm -f "$PIDFILE" "$SOCK"
+  # Mounts the engine left under its directories (e.g. the default network namespace).
+  awk -v root="$ROOT/" 'index($2, root) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   for dir in /sys/fs/cgroup/*/"$CGROUP" /sys/fs/cgroup/"$CGROUP"; do [[ -d $dir ]] && rmdir "$dir" 2>/dev/null || true; done
   echo "dockerd: stopped"
   ;;

@@ -9,6 +9,7 @@ containers, volumes and the daemon itself are removed on every exit, failure inc
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -69,9 +70,27 @@ def log(message: str) -> None:
 
 
 def sh(*cmd: str, env: dict | None = None, check: bool = True, capture: bool = True, timeout: float = 600):
-    result = subprocess.run(
-        list(cmd), env=env, text=True, capture_output=capture, timeout=timeout, stdin=subprocess.DEVNULL
+    # A process group of its own, killed whole on timeout or interrupt (debootstrap, builds).
+    pipe = subprocess.PIPE if capture else None
+    proc = subprocess.Popen(
+        list(cmd),
+        env=env,
+        text=True,
+        stdout=pipe,
+        stderr=pipe,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException as err:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if isinstance(err, subprocess.TimeoutExpired):
+            raise Failed(f"`{' '.join(cmd[:6])} …` did not finish within {timeout:.0f}s") from None
+        raise
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     if check and result.returncode != 0:
         out = (result.stdout or "")[-3000:] + (result.stderr or "")[-3000:]
         raise Failed(f"`{' '.join(cmd[:6])} …` exited {result.returncode}:\n{out}")
