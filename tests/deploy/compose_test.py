@@ -287,6 +287,8 @@ def write_env(bases: dict[str, str]) -> dict[str, str]:
         "AIRFLOW_TASK_HEARTBEAT_TIMEOUT": "45",
         "POSTGRES_PASSWORD": token(18),
         "AIRFLOW_DB_PASSWORD": token(18),
+        "WAREHOUSE_HOST": "127.0.0.1",
+        "WAREHOUSE_PORT": str(PORTS["POSTGRES_PORT"]),
         "WAREHOUSE_USER": "warehouse",
         "WAREHOUSE_PASSWORD": token(18),
         "LOCAL_AIRBYTE_DB_PASSWORD": token(18),
