@@ -398,8 +398,7 @@ def run_pipelines(engine: Engine, env: dict[str, str]) -> str:
             ti for ti in client.task_instances("ecommerce_sales", shop_run)
             if ti["state"] == "running" and (ti.get("hostname") or "").startswith("airflow-worker-")
         ]  # fmt: skip
-        # Not an Airbyte task: a worker killed during the sync task makes the wait fail (an open
-        # finding for the Airbyte tasks, see docs/deploy.md); the run must survive a dbt task's loss.
+        # A dbt task: it holds its worker longest (Airbyte waits are deferred to the triggerer).
         dbt = [ti for ti in tis if "airbyte" not in ti["task_id"]]
         return (dbt or [None])[0]
 
