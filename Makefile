@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export SCARF_ANALYTICS := false
 
-.PHONY: help install up down status demo test test-fast lint format lock lock-check dbt-manifest check new-pipeline clean browser
+.PHONY: help install up down status demo test test-fast compose-test lint format lock lock-check dbt-manifest check new-pipeline clean browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ test: install lock-check browser ## the whole test suite (what CI runs)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
+
+compose-test: $(VENV)/.installed | $(UV) ## build the images, run both pipelines on the compose deployment (private dockerd), tear down
+	@UV=$(UV) $(PYTHON) tests/deploy/compose_test.py
 
 test-fast: $(VENV)/.installed $(DBT_MANIFEST) ## lint + unit and DAG tests: no services, under 2 minutes (run on every change)
 	$(VENV)/bin/ruff check .

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,11 +15,13 @@ from dev.stack import postgres, procs
 from dev.stack.config import (
     AIRBYTE_VENV,
     AIRFLOW_HOME,
+    CELERY_WORKERS,
     LOCAL,
     REPO,
     STACK_ENV,
     VENV,
     Ports,
+    executor,
     load_secrets,
     postgres_settings,
     stack_env,
@@ -71,6 +74,13 @@ def services(ports: Ports) -> list[Service]:
                 "STACK_RECEIVERS_HTTP_PORT",
             )
         )
+    if executor() == "celery":
+        # Debian's redis-server (installed on demand, see ensure_redis); config with the password in LOCAL.
+        found.append(
+            Service(
+                "redis", ["redis-server", str(LOCAL / "redis.conf")], None, ports.redis, "STACK_REDIS_PORT"
+            )
+        )
     found += [
         Service(
             "airflow-api-server",
@@ -80,11 +90,62 @@ def services(ports: Ports) -> list[Service]:
             "STACK_AIRFLOW_PORT",
             timeout=120,
         ),
-        Service("airflow-scheduler", [airflow, "scheduler"], None),
+        # No log servers (they bind every interface): task and trigger logs are local files here.
+        Service("airflow-scheduler", [airflow, "scheduler", "--skip-serve-logs"], None),
         Service("airflow-dag-processor", [airflow, "dag-processor"], None),
-        Service("airflow-triggerer", [airflow, "triggerer"], None),
+        Service("airflow-triggerer", [airflow, "triggerer", "--skip-serve-logs"], None),
     ]
+    if executor() == "celery":
+        found += [
+            Service(
+                f"airflow-worker-{n}",
+                [airflow, "celery", "worker", "--celery-hostname", f"worker{n}@%h", "--skip-serve-logs"],
+                None,
+            )
+            for n in range(1, CELERY_WORKERS + 1)
+        ]
     return found
+
+
+def ensure_redis(ports: Ports, secret: dict[str, str]) -> None:
+    """Debian's redis-server for STACK_EXECUTOR=celery, listening on 127.0.0.1 only."""
+    if not shutil.which("redis-server"):
+        print("  redis: installing Debian's redis-server")
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
+        subprocess.run(
+            [
+                *sudo,
+                "env",
+                "DEBIAN_FRONTEND=noninteractive",
+                "apt-get",
+                "install",
+                "-y",
+                "-qq",
+                "redis-server",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    (LOCAL / "redis").mkdir(parents=True, exist_ok=True)
+    conf = LOCAL / "redis.conf"
+    conf.write_text(
+        f"bind 127.0.0.1\nport {ports.redis}\nrequirepass {secret['redis_password']}\n"
+        f'dir {LOCAL / "redis"}\nsave ""\nappendonly no\ndaemonize no\n'
+    )
+    conf.chmod(0o600)
+
+
+def clean_up_after_dead_services(ports: Ports) -> None:
+    """Kill what dead services left behind before restarting them, so a restart finds its ports free
+    and no task of the old process runs on unseen."""
+    live = {pid for s in services(ports) if (pid := procs.running_pid(s.name))}
+    if pg_pid := postgres.running():
+        live.add(pg_pid)
+    left = procs.orphans(live)
+    if left:
+        procs.kill_stragglers(pids=left)
+        print(f"  cleaned up {len(left)} process(es) left behind by stopped services")
 
 
 def service_env(ports: Ports, env: dict[str, str], secret: dict[str, str]) -> dict[str, str]:
@@ -133,6 +194,7 @@ def up() -> None:
     write_stack_env(env)
     proc_env = service_env(ports, env, secret)
 
+    clean_up_after_dead_services(ports)
     # Check every port before starting anything, so a clash leaves nothing half-started.
     if pg.embedded and not postgres.running():
         procs.require_free_port(pg.port, "Postgres", "STACK_PG_PORT")
@@ -159,6 +221,8 @@ def up() -> None:
             f"`airflow db migrate` failed:\n{migrate.stdout[-3000:]}{migrate.stderr[-3000:]}"
         )
 
+    if executor() == "celery":
+        ensure_redis(ports, secret)
     for service in services(ports):
         if procs.running_pid(service.name):
             continue
@@ -174,8 +238,15 @@ def up() -> None:
                 procs.log_file(service.name),
             )
             print(f"  {service.name}: healthy at {service.health_url.rsplit('/', 1)[0]}")
+        elif service.port:
+            procs.wait_until(
+                procs.port_open(service.port), service.name, service.timeout, procs.log_file(service.name)
+            )
+            print(f"  {service.name}: listening on 127.0.0.1:{service.port}")
     health = f"{env['AIRFLOW_API_URL']}/api/v2/monitor/health"
-    procs.wait_until(lambda: airflow_health(health), "Airflow", 180, procs.log_file("airflow-api-server"))
+    # STACK_HEALTH_TIMEOUT: more patience on a machine busy with other work.
+    timeout = float(os.environ.get("STACK_HEALTH_TIMEOUT", "180"))
+    procs.wait_until(lambda: airflow_health(health), "Airflow", timeout, procs.log_file("airflow-api-server"))
     print("  airflow: api-server, scheduler, dag-processor and triggerer healthy")
     print(
         f"\nStack is up in {time.monotonic() - started:.0f}s.\n"

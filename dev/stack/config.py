@@ -25,6 +25,8 @@ AIRBYTE_VENV = REPO / ".venv-airbyte"
 # can find stragglers (task runners, connector subprocesses) that left the process group.
 MARKER = "ELT_STACK_HOME"
 
+EXECUTORS = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+CELERY_WORKERS = 2
 ADMIN_USER = "admin"
 DB_USER = "elt"
 
@@ -48,6 +50,7 @@ class Ports:
     meter: int
     receivers_http: int
     receivers_smtp: int
+    redis: int
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -58,6 +61,7 @@ class Ports:
             meter=_port("STACK_METER_PORT", 8010),
             receivers_http=_port("STACK_RECEIVERS_HTTP_PORT", 8025),
             receivers_smtp=_port("STACK_RECEIVERS_SMTP_PORT", 8026),
+            redis=_port("STACK_REDIS_PORT", 56379),
         )
 
 
@@ -75,6 +79,14 @@ class Postgres:
         return f"{driver}://{quote(self.user)}:{quote(self.password, safe='')}@{self.host}:{self.port}/{database}"
 
 
+def executor() -> str:
+    """STACK_EXECUTOR=local (default: tasks run inside the scheduler) or celery (Redis + workers)."""
+    name = os.environ.get("STACK_EXECUTOR", "local").lower()
+    if name not in EXECUTORS:
+        raise SystemExit(f"STACK_EXECUTOR={name!r}: choose one of {', '.join(EXECUTORS)}")
+    return name
+
+
 def load_secrets() -> dict[str, str]:
     """Local-only credentials, generated once and kept in .local/ (git-ignored)."""
     LOCAL.mkdir(exist_ok=True)
@@ -85,6 +97,7 @@ def load_secrets() -> dict[str, str]:
         "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
         "jwt_secret": lambda: secrets.token_urlsafe(32),
         "api_secret_key": lambda: secrets.token_urlsafe(32),
+        "redis_password": lambda: secrets.token_urlsafe(18),
         "airbyte_client_id": lambda: "local-" + secrets.token_hex(8),
         "airbyte_client_secret": lambda: secrets.token_urlsafe(24),
     }
@@ -141,11 +154,11 @@ def stack_env(ports: Ports, pg: Postgres, secret: dict[str, str]) -> dict[str, s
         "port": ports.receivers_smtp,
         "extra": {"from_email": "airflow@localhost", "disable_ssl": True, "disable_tls": True, "timeout": 10},
     }
-    return {
+    env = {
         "AIRFLOW_HOME": str(AIRFLOW_HOME),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": EXECUTORS[executor()],
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__FERNET_KEY": secret["fernet_key"],
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{airflow_url}/execution/",
@@ -167,6 +180,8 @@ def stack_env(ports: Ports, pg: Postgres, secret: dict[str, str]) -> dict[str, s
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "20",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(ports.airflow + 715),
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
         # Cosmos would cache YAML selectors in Airflow Variables: a database call while parsing.
@@ -197,6 +212,12 @@ def stack_env(ports: Ports, pg: Postgres, secret: dict[str, str]) -> dict[str, s
         "STACK_HOME": str(LOCAL),
         "METER_API_URL": f"http://127.0.0.1:{ports.meter}",
     }
+    if executor() == "celery":
+        broker = f"redis://:{quote(secret['redis_password'], safe='')}@127.0.0.1:{ports.redis}/0"
+        env["AIRFLOW__CELERY__BROKER_URL"] = broker
+        env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + pg.url("airflow")
+        env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = "4"
+    return env
 
 
 def write_stack_env(env: dict[str, str]) -> None:

@@ -57,17 +57,39 @@ def is_ours(pid: int) -> bool:
     """True if the process was started by this stack.
 
     The environment marker is checked first; Airflow and Postgres overwrite their
-    /proc environ when they set a process title, so an `airflow` process working in
-    this stack's home (services run there, one home per stack) counts too.
+    /proc environ when they set a process title, so a process working in this stack's
+    home (services run there, Postgres in its data directory under it) counts too.
     """
     proc = Path(f"/proc/{pid}")
     try:
         if f"{MARKER}={LOCAL}".encode() in (proc / "environ").read_bytes().split(b"\0"):
             return True
-        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        return cmdline.startswith("airflow ") and os.readlink(proc / "cwd") == str(LOCAL)
+        cwd = os.readlink(proc / "cwd")
+        return cwd == str(LOCAL) or cwd.startswith(f"{LOCAL}/")
     except OSError:
         return False
+
+
+def parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def descends_from(pid: int, ancestors: set[int]) -> bool:
+    seen = 0
+    while pid > 1 and seen < 64:
+        if pid in ancestors:
+            return True
+        pid, seen = parent(pid), seen + 1
+    return False
+
+
+def orphans(live: set[int]) -> list[int]:
+    """Our processes that no live service owns: what a killed service left behind
+    (task runners, log servers, connector subprocesses were reparented away from it)."""
+    return [pid for pid in stragglers() if not descends_from(pid, live)]
 
 
 def running_pid(name: str) -> int | None:
@@ -141,13 +163,18 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 
 
 def stragglers() -> list[int]:
-    """Processes started by this stack that are still alive (any process group)."""
+    """Processes started by this stack that are still alive (any process group); never this
+    process or its ancestors (e.g. a shell whose working directory is inside the stack's home)."""
+    me, mine = os.getpid(), set()
+    while me > 1 and len(mine) < 64:
+        mine.add(me)
+        me = parent(me)
     pids = (int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit())
-    return [pid for pid in pids if pid != os.getpid() and is_ours(pid) and is_alive(pid)]
+    return [pid for pid in pids if pid not in mine and is_ours(pid) and is_alive(pid)]
 
 
-def kill_stragglers(timeout: float = 10) -> list[int]:
-    pids = stragglers()
+def kill_stragglers(timeout: float = 10, pids: list[int] | None = None) -> list[int]:
+    pids = stragglers() if pids is None else pids
     for pid in pids:
         _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
@@ -157,6 +184,10 @@ def kill_stragglers(timeout: float = 10) -> list[int]:
         if is_alive(pid):
             _signal_group(pid, signal.SIGKILL)
     return pids
+
+
+def port_open(port: int) -> Callable[[], bool]:
+    return lambda: port_in_use(port)
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float, log: Path | None = None) -> None:

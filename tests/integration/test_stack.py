@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from dev.airflow_client import AirflowClient
 from tests.conftest import read_stack_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,18 +46,17 @@ pytestmark = pytest.mark.stack
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # Postgres runs as an unprivileged user: the directory must be reachable by everyone.
-    path = tmp_path_factory.mktemp("stack")
-    for parent in [path, *path.parents]:
-        if parent == Path("/"):
-            break
-        parent.chmod(parent.stat().st_mode | 0o055)
-    return path
+def home() -> Iterator[Path]:
+    # Postgres runs as an unprivileged user: the directory must be reachable by everyone. Not under
+    # pytest's basetemp: another pytest session of the same user resets that to mode 0700.
+    path = Path(tempfile.mkdtemp(prefix="elt-stack-test-"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def runner(home: Path, command: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, **PORTS, "STACK_HOME": str(home), **extra}
+    env = {**os.environ, **PORTS, "STACK_HOME": str(home), "STACK_HEALTH_TIMEOUT": "600", **extra}
     for key in list(env):
         if key.startswith(("AIRFLOW_CONN_", "AIRFLOW__")):
             env.pop(key)
@@ -75,6 +81,63 @@ def our_processes(home: Path) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def ours(home: Path) -> list[int]:
+    """Our processes by the marker, or by working directory (Airflow and Postgres rewrite environ)."""
+    found = set(our_processes(home))
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cwd = os.readlink(entry / "cwd")
+            except OSError:
+                continue
+            if cwd == str(home.resolve()) or cwd.startswith(f"{home.resolve()}/"):
+                found.add(int(entry.name))
+    return sorted(found)
+
+
+def service_pids(home: Path) -> dict[str, int]:
+    pids = {f.stem: int(f.read_text().split()[0]) for f in (home / "run").glob("*.pid")}
+    postmaster = home / "pg" / "data" / "postmaster.pid"
+    if postmaster.exists():
+        pids["postgres"] = int(postmaster.read_text().split()[0])
+    return pids
+
+
+def ancestors(pid: int) -> set[int]:
+    chain = set()
+    while pid > 1:
+        chain.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+    return chain
+
+
+def listeners(pids: list[int]) -> set[tuple[str, int]]:
+    """(address, port) of the TCP sockets these processes listen on, from /proc/net/tcp{,6}."""
+    inodes = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                address, port = fields[1].split(":")
+                found.add((address, int(port, 16)))
+    return found
+
+
+LOOPBACK = {"0100007F", "00000000000000000000000001000000"}
 
 
 def test_port_taken_is_a_clear_error_and_starts_nothing(home: Path) -> None:
@@ -136,6 +199,63 @@ def test_stale_pid_file_is_reported_and_replaced(home: Path) -> None:
     assert "airflow-triggerer: stale pid file" in status.stdout
     assert "pid 999999 is not running" in status.stdout
     assert not pid_file.exists()
+
+
+SERVICES = (
+    "airflow-scheduler",
+    "airflow-triggerer",
+    "airflow-api-server",
+    "airflow-dag-processor",
+    "airbyte",
+    "meter-api",
+    "alert-receivers",
+    "postgres",
+)
+
+
+def test_up_after_sigkill_of_any_service_leaves_no_orphans(home: Path) -> None:
+    assert runner(home, "up").returncode == 0
+    time.sleep(10)  # let services spawn their children (api-server workers, executors)
+    baseline = listeners(ours(home))
+    assert baseline and {address for address, _ in baseline} <= LOOPBACK, baseline
+    for service in SERVICES:
+        pids = service_pids(home)
+        if service not in pids:
+            continue
+        os.kill(pids[service], signal.SIGKILL)
+        time.sleep(2)
+        up = runner(home, "up")
+        assert up.returncode == 0, f"up after killing {service}:\n{up.stdout}{up.stderr}"
+        time.sleep(5)
+        live = set(service_pids(home).values())
+        orphans = [p for p in ours(home) if not ancestors(p) & live]
+        assert orphans == [], f"after killing {service}: orphans {orphans}"
+        ports = listeners(ours(home))
+        assert {address for address, _ in ports} <= LOOPBACK, (service, ports)
+        assert ports == baseline, (
+            f"after killing {service}: listening {sorted(ports)}, before {sorted(baseline)}"
+        )
+
+
+def test_celery_executor_runs_a_pipeline_on_worker_processes(home: Path) -> None:
+    """STACK_EXECUTOR=celery: Redis and two Celery worker processes instead of LocalExecutor."""
+    assert runner(home, "down").returncode == 0
+    up = runner(home, "up", STACK_EXECUTOR="celery", STACK_REDIS_PORT="18379", ENERGY_END_DATE="2023-02-28")
+    assert up.returncode == 0, up.stdout + up.stderr
+    env = read_stack_env(home / "stack.env")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    client = AirflowClient.from_env(env)
+    client.wait_for_dags(["energy_meters"], timeout=300)
+    run_id = client.trigger("energy_meters", logical_date=datetime(2023, 2, 12, tzinfo=UTC))
+    client.unpause("energy_meters")
+    run = client.wait_for_run("energy_meters", run_id, timeout=1200)
+    assert run["state"] == "success", [
+        (t["task_id"], t["state"]) for t in client.task_instances("energy_meters", run_id)
+    ]
+    worker_logs = "".join((home / "logs" / f"airflow-worker-{n}.log").read_text() for n in (1, 2))
+    assert worker_logs.count("succeeded in") >= 2, worker_logs[-2000:]
+    assert runner(home, "down").returncode == 0
+    assert our_processes(home) == []
 
 
 def test_teardown(home: Path) -> None:
