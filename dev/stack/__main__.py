@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from dev.apt import apt_install_commands
 from dev.stack import postgres, procs
 from dev.stack.config import (
     AIRBYTE_VENV,
@@ -111,22 +112,8 @@ def ensure_redis(ports: Ports, secret: dict[str, str]) -> None:
     """Debian's redis-server for STACK_EXECUTOR=celery, listening on 127.0.0.1 only."""
     if not shutil.which("redis-server"):
         print("  redis: installing Debian's redis-server")
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True)
-        subprocess.run(
-            [
-                *sudo,
-                "env",
-                "DEBIAN_FRONTEND=noninteractive",
-                "apt-get",
-                "install",
-                "-y",
-                "-qq",
-                "redis-server",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        for command in apt_install_commands(["redis-server"]):
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     (LOCAL / "redis").mkdir(parents=True, exist_ok=True)
     conf = LOCAL / "redis.conf"
     conf.write_text(

@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from dev.airflow_client import AirflowClient  # noqa: E402
+from dev.apt import apt_install_commands  # noqa: E402
 
 STATE = REPO / ".local" / "compose-test"
 DOCKER_DIR = REPO / ".local" / "docker"
@@ -125,20 +126,9 @@ def ensure_tools() -> Path:
         if not shutil.which(binary)
     ]
     if missing:
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
         log(f"installing Debian packages {' '.join(missing)}")
-        sh(*sudo, "apt-get", "update", "-qq", timeout=900)
-        sh(
-            *sudo,
-            "env",
-            "DEBIAN_FRONTEND=noninteractive",
-            "apt-get",
-            "install",
-            "-y",
-            "-qq",
-            *missing,
-            timeout=900,
-        )
+        for command in apt_install_commands(missing):
+            sh(*command, timeout=900)
     compose = COMPOSE_TOOLS / "compose" / "docker-compose"
     if not compose.exists():
         uv = os.environ.get("UV") or shutil.which("uv") or str(REPO / ".local/tools/bin/uv")

@@ -1,0 +1,14 @@
+"""Debian packages the local tools install on demand (redis-server, docker.io, debootstrap)."""
+
+from __future__ import annotations
+
+import os
+
+
+def apt_install_commands(packages: list[str]) -> list[list[str]]:
+    """The commands that install `packages` non-interactively (through sudo unless root)."""
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    return [
+        [*sudo, "apt-get", "update", "-qq"],
+        [*sudo, "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-qq", *packages],
+    ]
