@@ -192,6 +192,12 @@ def up() -> None:
     if pg.embedded:
         if postgres.initdb(pg):
             print("  postgres: initialised a new cluster in .local/pg/data")
+        if not postgres.running():
+            # Airflow components that outlived their database are on their way down (or keep dead
+            # sessions): restart them with the database rather than leave one to die after `up`.
+            stale = [s.name for s in services(ports) if s.name.startswith("airflow-") and procs.stop(s.name)]
+            if stale:
+                print(f"  postgres was down: restarting {', '.join(stale)}")
         postgres.start(pg, proc_env)
     postgres.ensure_databases(pg)
     print(f"  postgres: ready on {pg.host}:{pg.port}")
