@@ -3,9 +3,10 @@
 `dbt parse` runs in-process (dbtRunner) with target/log paths in a pytest tmp dir, and
 the checks read the manifest.json it writes (the same file the DAGs are rendered from).
 
-`test_windowed_build_against_postgres` also builds the project for real; it runs only
-when DBT_IT_PG_URL points at a Postgres server (e.g. postgresql://postgres:pw@127.0.0.1:5432/postgres)
-and works in a database it creates and drops itself.
+`test_windowed_build_against_postgres` also builds the project for real, in a database it
+creates and drops itself: on DBT_IT_PG_URL's server when that is set (e.g.
+postgresql://postgres:pw@127.0.0.1:5432/postgres), else on the live stack's Postgres (so it is
+part of `make test`, not of `make test-fast`).
 """
 
 from __future__ import annotations
@@ -344,11 +345,9 @@ def expected_daily_from_raw(cur) -> dict[tuple[str, str], tuple[float, int]]:
 
 
 @pytest.fixture
-def scratch_warehouse():
-    """A throwaway database on the DBT_IT_PG_URL server, seeded with raw tables."""
-    url = os.environ.get("DBT_IT_PG_URL")
-    if not url:
-        pytest.skip("set DBT_IT_PG_URL to build the dbt project against a Postgres server")
+def scratch_warehouse(request):
+    """A throwaway database on the DBT_IT_PG_URL server (else the stack's), seeded with raw tables."""
+    url = os.environ.get("DBT_IT_PG_URL") or request.getfixturevalue("stack")["WAREHOUSE_URL"]
     import psycopg2
 
     parts = urlsplit(url)
@@ -374,6 +373,7 @@ def scratch_warehouse():
         admin.close()
 
 
+@pytest.mark.stack
 def test_windowed_build_against_postgres(scratch_warehouse, tmp_path):
     conn, env = scratch_warehouse
     cur = conn.cursor()
