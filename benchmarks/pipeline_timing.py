@@ -5,7 +5,10 @@
 Triggers one run through the scheduler, then prints:
   (b) seconds from the Airbyte job's success to the first dbt task starting;
   (c) wall time of the Cosmos dbt task group vs one `dbt build` of the same selector and
-      window (`--event-time-start/--event-time-end`), run in-process right after (same warehouse).
+      window (`--event-time-start/--event-time-end`), run in-process right after (same warehouse);
+  (d) where the group's time goes (watcher mode): the producer's start-up before dbt's first
+      node, dbt running nodes, the producer's own tail, and the model tasks finishing after dbt,
+      with the number of XCom entries the producer wrote.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import json
 import os
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from datetime import time as time_of_day
 from pathlib import Path
+from urllib.parse import quote
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
@@ -70,6 +75,40 @@ def main() -> None:
     print(
         f"(c) dbt task group ({len(dbt)} tasks): {group_wall:.1f} s; one `dbt build --selector "
         f"{spec.dbt.selector}`: {single:.1f} s; ratio {group_wall / single:.2f}x (target <= 1.5x)"
+    )
+    breakdown(client, args.dag_id, run_id, dbt)
+
+
+def breakdown(client: AirflowClient, dag_id: str, run_id: str, dbt: list[dict]) -> None:
+    """(d) The watcher group's phases, from task instances and the dbt node events Cosmos stores."""
+    producer = next((t for t in dbt if t["task_id"] == "dbt.dbt_producer_watcher"), None)
+    if producer is None:
+        print("(d) no watcher producer (per_model execution): each model task runs its own dbt")
+        return
+    base = f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/{producer['task_id']}"
+    keys = [e["key"] for e in client.get(f"{base}/xcomEntries?limit=1000")["xcom_entries"]]
+    p_start, p_end = ts(producer["start_date"]), ts(producer["end_date"])
+
+    def clock(hms: str) -> datetime:  # Cosmos keeps dbt's node times as UTC "HH:MM:SS"
+        at = datetime.combine(p_start.date(), time_of_day.fromisoformat(hms), tzinfo=UTC)
+        return at + timedelta(days=1) if at < p_start - timedelta(hours=12) else at
+
+    starts, finishes = [], []
+    for key in (k for k in keys if k.endswith("_dbt_event")):
+        value = client.get(f"{base}/xcomEntries/{key}?deserialize=true")["value"]
+        event = json.loads(value) if isinstance(value, str) else value
+        starts += [clock(event["start_time"])] if event.get("start_time") else []
+        finishes += [clock(event["finish_time"])] if event.get("finish_time") else []
+    if not starts or not finishes:
+        print(f"(d) the producer left {len(keys)} XCom entries but no dbt node timings")
+        return
+    group_end = max(ts(t["end_date"]) for t in dbt)
+    print(
+        f"(d) producer start -> dbt's first node: {(min(starts) - p_start).total_seconds():.1f} s; "
+        f"dbt nodes: {(max(finishes) - min(starts)).total_seconds():.1f} s; "
+        f"dbt's last node -> producer end: {(p_end - max(finishes)).total_seconds():.1f} s; "
+        f"-> last model task end: {(group_end - max(finishes)).total_seconds():.1f} s; "
+        f"producer XCom entries: {len(keys)}"
     )
 
 
