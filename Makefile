@@ -53,10 +53,11 @@ status: ## show which services of the stack are running
 demo: install ## start the stack, run every pipeline once through the scheduler, print a summary, stop
 	@$(PYTHON) -m dev.demo
 
-test: install lock-check browser ## the whole test suite (what CI runs)
+test: install lock-check browser ## the whole test suite (what CI runs), then compose-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
+	@$(MAKE) --no-print-directory compose-test
 
 compose-test: $(VENV)/.installed | $(UV) ## build the images, run both pipelines on the compose deployment (private dockerd), tear down
 	@UV=$(UV) $(PYTHON) tests/deploy/compose_test.py

@@ -153,7 +153,7 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
     one plain `dbt build`.
     """
     watcher = spec.dbt.execution == "watcher"
-    return DbtTaskGroup(
+    group = DbtTaskGroup(
         group_id="dbt",
         project_config=project_config(),
         profile_config=profile_config(),
@@ -184,6 +184,57 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
         },
         **kwargs,
     )
+    if watcher:
+        order_multi_parent_tests(group)
+    return group
+
+
+def order_multi_parent_tests(group: DbtTaskGroup) -> None:
+    """Watcher mode: run each test of several models (e.g. `relationships`) after all of them.
+
+    The producer's one `dbt build` orders such a test after all its parents. But when the producer
+    dies (its worker is lost) its retry is skipped, and every model task not yet reported falls back
+    to its own `dbt run`/`dbt test --select <model>` in the order of the Airflow graph, where the
+    test of `fct_purchases` comes before `dim_customers` (which reads fct_purchases) exists: on a new
+    warehouse its `relationships` test to dim_customers fails, on an old one it tests last run's
+    table. So each such test belongs to the test task of its parent that comes last (the others'
+    `--exclude` it), and that task also waits for the parents that are not upstream of it yet.
+    Only the fallback commands change: the producer still runs and reports every test.
+    """
+    tasks = {uid: _run_and_test_tasks(group.tasks_map.get(uid)) for uid in group.dbt_graph.tests_per_model}
+    tests: dict[str, list[str]] = {}  # test unique_id -> the models it tests (with a task each)
+    for model_uid, test_uids in group.dbt_graph.tests_per_model.items():
+        if tasks[model_uid] is None:
+            continue
+        for test_uid in test_uids:
+            tests.setdefault(test_uid, []).append(model_uid)
+    for test_uid, parents in sorted(tests.items()):
+        if len(parents) < 2:
+            continue
+        upstream = {uid: tasks[uid][0].get_flat_relative_ids(upstream=True) for uid in parents}
+        # The parent with the most of the others upstream: none of the others is downstream of it.
+        owner = max(
+            parents,
+            key=lambda uid: (sum(tasks[p][0].task_id in upstream[uid] for p in parents), uid),
+        )
+        name = group.dbt_graph.filtered_nodes[test_uid].resource_name.split(".")[0]
+        owner_test = tasks[owner][1]
+        for parent in parents:
+            if parent == owner:
+                continue
+            parent_run, parent_test = tasks[parent]
+            parent_test.exclude = " ".join(filter(None, [parent_test.exclude, name]))
+            if parent_run.task_id not in owner_test.get_flat_relative_ids(upstream=True):
+                parent_run >> owner_test
+
+
+def _run_and_test_tasks(node_group: Any) -> tuple[Any, Any] | None:
+    """The `run` and `test` tasks of one model's group in the DbtTaskGroup (None for other nodes)."""
+    children = getattr(node_group, "children", None) or {}
+    by_suffix = {task_id.rsplit(".", 1)[-1]: task for task_id, task in children.items()}
+    if "run" in by_suffix and "test" in by_suffix:
+        return by_suffix["run"], by_suffix["test"]
+    return None
 
 
 def source_freshness_task(spec: PipelineSpec) -> SourceFreshnessOperator:

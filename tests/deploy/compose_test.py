@@ -22,6 +22,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -46,6 +47,8 @@ ENERGY_STREAMS = {
 }
 ENERGY_OBIS = {"muid_1": "0100011D00FF", "muid_2": "0100021D00FF"}
 ECOMMERCE_CONNECTION = "c19e6614-68eb-489d-94b1-58e56dfa934e"
+# Cosmos watcher mode: the one task that runs `dbt build` for a whole dbt task group.
+PRODUCER = "dbt.dbt_producer_watcher"
 
 
 def port(name: str, default: int) -> int:
@@ -236,10 +239,8 @@ def build(engine: Engine) -> dict[str, str]:
             "REDIS_IMAGE": f"{BASE_TAG}/redis:7",
         }
     ca = extra_ca_certs()
-    for image, dockerfile in (
-        (AIRFLOW_IMAGE, "Dockerfile"),
-        (LOCAL_IMAGE, "dev/docker/Dockerfile.local-services"),
-    ):
+
+    def build_one(image: str, dockerfile: str) -> None:
         started = time.monotonic()
         build_log = STATE / f"build-{image.split(':')[0]}.log"
         result = engine.docker(
@@ -252,6 +253,19 @@ def build(engine: Engine) -> dict[str, str]:
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
             raise Failed(f"docker build of {image} ({dockerfile}) failed; last lines ({build_log}):\n{tail}")
         log(f"built {image} in {time.monotonic() - started:.0f}s")
+
+    # Side by side: each spends much of its time downloading and unpacking packages.
+    # Not waited for on an interrupt: stopping the engine (main's teardown) ends both builds.
+    pool = ThreadPoolExecutor(max_workers=2)
+    try:
+        builds = [
+            pool.submit(build_one, AIRFLOW_IMAGE, "Dockerfile"),
+            pool.submit(build_one, LOCAL_IMAGE, "dev/docker/Dockerfile.local-services"),
+        ]
+        for future in builds:
+            future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     engine.docker("image", "prune", "-f", check=False)
     return bases
 
@@ -369,6 +383,27 @@ def follow_scheduled_run(client: AirflowClient, dag_id: str) -> str:
         return client.trigger(dag_id)
 
 
+def task_logs(client: AirflowClient, dag_id: str, run_id: str, tis: list[dict], lines: int = 30) -> str:
+    """The last lines of each try of the given task instances (what a failed run needs explained)."""
+    out = []
+    quoted = urllib.parse.quote(run_id, safe="")
+    for ti in tis:
+        for attempt in range(1, ti["try_number"] + 1):
+            try:
+                content = client.get(
+                    f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{ti['task_id']}/logs/{attempt}"
+                    "?full_content=true"
+                )["content"]
+                text = [
+                    c.get("event", "") if isinstance(c, dict) else str(c) for c in content
+                ]  # fmt: skip
+            except Exception as err:  # a report must not hide the failure it explains
+                text = [f"(no log: {err})"]
+            out.append(f"\n  -- {ti['task_id']} try {attempt} ({ti.get('hostname')}):")
+            out += [f"    | {line[:300]}" for line in text[-lines:]]
+    return "\n".join(out)
+
+
 def run_pipelines(engine: Engine, env: dict[str, str]) -> str:
     import psycopg
 
@@ -382,21 +417,36 @@ def run_pipelines(engine: Engine, env: dict[str, str]) -> str:
     shop_run = follow_scheduled_run(client, "ecommerce_sales")
     log(f"running energy_meters {energy_run} and ecommerce_sales {shop_run}")
 
-    # Kill the worker running one of the shop run's tasks (a dbt one if possible: it holds a slot longest).
-    def running_on_worker() -> dict | None:
-        tis = [
-            ti for ti in client.task_instances("ecommerce_sales", shop_run)
-            if ti["state"] == "running" and (ti.get("hostname") or "").startswith("airflow-worker-")
-        ]  # fmt: skip
-        # A dbt task: it holds its worker longest (Airbyte waits are deferred to the triggerer).
-        dbt = [ti for ti in tis if "airbyte" not in ti["task_id"]]
-        return (dbt or [None])[0]
+    # The moment of the kill: the shop run's `dbt build` (the watcher producer) is running on a worker
+    # and has reported at least one model, so some of the build is done and some is not. That is
+    # where a worker spends most of a run (Airbyte waits are deferred to the triggerer) and the
+    # hardest case to recover: the producer's retry is skipped, models already reported keep their
+    # result (restored from Cosmos's backup), the others fall back to their own dbt commands.
+    quoted_run = urllib.parse.quote(shop_run, safe="")
 
-    victim_ti = wait_for(running_on_worker, "a dbt task of ecommerce_sales running on a worker", 900, every=2)
+    def producer_mid_build() -> dict | None:
+        tis = client.task_instances("ecommerce_sales", shop_run)
+        ti = next((ti for ti in tis if ti["task_id"] == PRODUCER), {"state": None})
+        if ti["state"] in ("success", "failed", "skipped", "upstream_failed"):
+            raise Failed(f"{PRODUCER} ended {ti['state']} before a worker could be killed during it")
+        if ti["state"] != "running" or not (ti.get("hostname") or "").startswith("airflow-worker-"):
+            return None
+        entries = client.get(
+            f"/api/v2/dags/ecommerce_sales/dagRuns/{quoted_run}/taskInstances/{PRODUCER}/xcomEntries?limit=200"
+        )["xcom_entries"]
+        reported = [
+            e["key"] for e in entries if e["key"].startswith("model__") and e["key"].endswith("_status")
+        ]
+        return {**ti, "reported": reported} if reported else None
+
+    victim_ti = wait_for(producer_mid_build, f"{PRODUCER} running with a model reported", 900, every=1)
     victim_host = victim_ti["hostname"]
     container_id = victim_host.removeprefix("airflow-worker-")
     engine.docker("kill", container_id)
-    log(f"killed worker {victim_host} while it ran {victim_ti['task_id']} (try {victim_ti['try_number']})")
+    log(
+        f"killed worker {victim_host} while it ran {victim_ti['task_id']} (try {victim_ti['try_number']}; "
+        f"models reported so far: {', '.join(k.split('__', 2)[-1].removesuffix('_status') for k in victim_ti['reported'])})"
+    )
 
     runs = {}
     for dag_id, run_id in (("ecommerce_sales", shop_run), ("energy_meters", energy_run)):
@@ -405,7 +455,9 @@ def run_pipelines(engine: Engine, env: dict[str, str]) -> str:
         if run["state"] != "success":
             failed = [f"{t['task_id']}={t['state']}" for t in tis if t["state"] != "success"]
             raise Failed(
-                f"{dag_id} run {run_id} ended {run['state']}: {failed}" + engine.report(only_bad=False)
+                f"{dag_id} run {run_id} ended {run['state']}: {failed}"
+                + task_logs(client, dag_id, run_id, [t for t in tis if t["state"] == "failed"])
+                + engine.report(only_bad=False)
             )
         runs[dag_id] = tis
     log(f"both runs succeeded {time.monotonic() - started:.0f}s after they were started")
