@@ -50,6 +50,10 @@ ENVIRONMENT_SPECIFIC = {
     "AIRFLOW__COSMOS__CACHE_DIR",
     "AIRFLOW__COSMOS__DBT_DOCS_PROJECTS",
     "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT",
+    # How soon a dead task runner or scheduler is noticed: quick in the local stack (tests kill
+    # them), production-like in compose (set in .env).
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL",
 }
 # The local stack's auth manager and log servers; compose has FAB and no log servers (shared log volume).
 STACK_ONLY = {
