@@ -369,7 +369,9 @@ def _failures_reported_to_watcher(task: object, ti: object) -> tuple[DbtFailure,
     """A Cosmos watcher task's failing nodes, from the per-node events the producer pushed to XCom.
 
     A test task watches its model's tests (the producer's `tests_per_model`), a model task its model.
-    Each event holds dbt's node status and message (its `NodeFinished` run result).
+    Each event holds the node's last dbt event: its `NodeFinished` status and message, or, once the
+    build is over, the error summary dbt prints only for failed nodes (`RunResultError`: dbt's
+    message, status "None"; Cosmos logs that as an error too).
     """
     from cosmos.operators._watcher.base import BaseConsumerSensor
     from cosmos.operators._watcher.state import get_dbt_event_xcom_key, is_dbt_node_status_failed
@@ -396,7 +398,8 @@ def _failures_reported_to_watcher(task: object, ti: object) -> tuple[DbtFailure,
     nodes = _manifest_nodes(paths.DBT_MANIFEST)
     failures = []
     for uid, event in events.items():
-        if not isinstance(event, Mapping) or not is_dbt_node_status_failed(event.get("status")):
+        status = event.get("status") if isinstance(event, Mapping) else "pass"
+        if not (is_dbt_node_status_failed(status) or status in (None, "None")):
             continue
         node = nodes.get(uid, {})
         failures.append(

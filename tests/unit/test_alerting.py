@@ -266,8 +266,9 @@ def test_a_watcher_test_task_pages_with_the_failing_test_as_dbt_reported_it(dag:
         "dbt.stg_energy_meters__muid_1.test",
         generic,
         {
-            failing: {"status": "fail", "msg": "Got 1 result, configured to fail if != 0"},
-            passing: {"status": "pass", "msg": None},
+            # The last event of a failed test once the build is over: dbt's error summary (RunResultError).
+            failing: {"status": "None", "msg": "Got 1 result, configured to fail if != 0"},
+            passing: {"status": "pass", "msg": "Finished running node " + passing},
         },
     )
     run_callbacks(context["task"].on_failure_callback, context)
