@@ -15,7 +15,7 @@ export DO_NOT_TRACK := 1
 export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export SCARF_ANALYTICS := false
 
-.PHONY: help install up down status demo test test-fast compose-test lint format lock lock-check dbt-manifest check new-pipeline clean browser
+.PHONY: help install up down status demo test test-fast compose-test lint format lock lock-check dbt-manifest dbt-docs check new-pipeline clean browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -73,6 +73,9 @@ ENV_FROM_STACK := if [ -f $(STACK_ENV) ]; then set -a; . $(STACK_ENV); set +a; f
 
 check: $(VENV)/.installed $(DBT_MANIFEST) ## specs vs dbt sources; AIRBYTE=1 also vs the live Airbyte (`make up`)
 	@$(ENV_FROM_STACK) PYTHONPATH=plugins $(PYTHON) -m elt check $(if $(AIRBYTE),--airbyte)
+
+dbt-docs: $(VENV)/.installed ## dbt docs generate into the dir the UI serves (Browse → dbt docs); needs `make up`
+	@$(ENV_FROM_STACK) PYTHONPATH=plugins $(PYTHON) -m elt.dbt_docs $(if $(DIR),--target-dir $(DIR))
 
 new-pipeline: $(VENV)/.installed ## scaffold a pipeline: make new-pipeline NAME=books CONNECTION=<airbyte connection id>
 	@test -n "$(NAME)" -a -n "$(CONNECTION)" || { echo "usage: make new-pipeline NAME=<name> CONNECTION=<id>"; exit 2; }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -160,7 +161,8 @@ class Alert:
         for failure in self.dbt_failures:
             kind = f"dbt {failure.resource_type}" if failure.resource_type else "dbt node"
             where = f" (compiled SQL: {failure.compiled_sql})" if failure.compiled_sql else ""
-            rows.append((f"Failing {kind}", f"{failure.name}{where}"))
+            said = f" — {failure.message}" if failure.message else ""
+            rows.append((f"Failing {kind}", f"{failure.name}{where}{said}"))
         rows.append(("Error", self.error))
         return [(label, value) for label, value in rows if value]
 
@@ -314,12 +316,19 @@ def airbyte_job(task: object, ti: object, error: object) -> tuple[str | None, st
     return (str(job_id) if job_id is not None else None), job_url
 
 
-def dbt_failures(task: object, error: object) -> tuple[DbtFailure, ...]:
-    """The failing dbt nodes of a Cosmos task: from its error text, located via the compiled manifest.
+def dbt_failures(task: object, error: object, ti: object = None) -> tuple[DbtFailure, ...]:
+    """The failing dbt nodes of a Cosmos task, as dbt reported them, located via the compiled manifest.
 
-    Cosmos raises `CosmosDbtRunError("dbt invocation completed with errors: NODE: MESSAGE\\n...")`
-    and keeps the compiled SQL of the invocation in `task.compiled_sql` ("-- target/compiled/...").
+    A task that ran dbt itself (per_model mode, or a watcher task's retry) fails with Cosmos's
+    `CosmosDbtRunError("dbt invocation completed with errors: NODE: MESSAGE\\n...")`, built from
+    dbt's run results. A watcher task that relayed the producer's `dbt build` fails with a generic
+    text; dbt's result for each node is then in the producer's XCom.
     """
+    return _failures_in_error(task, error) or _failures_reported_to_watcher(task, ti)
+
+
+def _failures_in_error(task: object, error: object) -> tuple[DbtFailure, ...]:
+    """From Cosmos's error text; the compiled SQL of the invocation is in `task.compiled_sql` ("-- target/...")."""
     text = str(error or "")
     if _DBT_ERRORS_PREFIX not in text:
         return ()
@@ -344,9 +353,61 @@ def dbt_failures(task: object, error: object) -> tuple[DbtFailure, ...]:
         failures.append(
             DbtFailure(
                 name=name,
-                message=message.strip(),
+                message=error_summary(message) or "",
                 resource_type=node.get("resource_type"),
                 compiled_sql=in_run[0] if in_run else expected,
+            )
+        )
+    return tuple(failures)
+
+
+# The producer's retry clears its XCom and restores it from Cosmos's backup a few seconds later.
+WATCHER_XCOM_ATTEMPTS, WATCHER_XCOM_PAUSE = 8, 2.0
+
+
+def _failures_reported_to_watcher(task: object, ti: object) -> tuple[DbtFailure, ...]:
+    """A Cosmos watcher task's failing nodes, from the per-node events the producer pushed to XCom.
+
+    A test task watches its model's tests (the producer's `tests_per_model`), a model task its model.
+    Each event holds the node's last dbt event: its `NodeFinished` status and message, or, once the
+    build is over, the error summary dbt prints only for failed nodes (`RunResultError`: dbt's
+    message, status "None"; Cosmos logs that as an error too).
+    """
+    from cosmos.operators._watcher.base import BaseConsumerSensor
+    from cosmos.operators._watcher.state import get_dbt_event_xcom_key, is_dbt_node_status_failed
+
+    if not isinstance(task, BaseConsumerSensor) or not hasattr(ti, "xcom_pull"):
+        return ()
+    try:
+        watched_ids = [task.model_unique_id]
+        if task.is_test_sensor:
+            producer = task.dag.get_task(task.producer_task_id)
+            watched_ids = list(producer.tests_per_model.get(task.model_unique_id, []))
+        events: dict[str, Any] = {}
+        for attempt in range(WATCHER_XCOM_ATTEMPTS if watched_ids else 0):
+            if attempt:
+                time.sleep(WATCHER_XCOM_PAUSE)
+            events = {
+                uid: ti.xcom_pull(task_ids=task.producer_task_id, key=get_dbt_event_xcom_key(uid))
+                for uid in watched_ids
+            }
+            if any(events.values()):
+                break
+    except Exception:
+        return ()  # a thin alert is better than none
+    nodes = _manifest_nodes(paths.DBT_MANIFEST)
+    failures = []
+    for uid, event in events.items():
+        status = event.get("status") if isinstance(event, Mapping) else "pass"
+        if not (is_dbt_node_status_failed(status) or status in (None, "None")):
+            continue
+        node = nodes.get(uid, {})
+        failures.append(
+            DbtFailure(
+                name=node.get("name") or uid,
+                message=error_summary(event.get("msg") or event.get("status")) or "",
+                resource_type=node.get("resource_type"),
+                compiled_sql=node.get("compiled_path"),
             )
         )
     return tuple(failures)
@@ -361,7 +422,8 @@ def _manifest_nodes_cached(manifest: Path, mtime: float) -> dict[str, dict[str, 
         original = node.get("original_file_path", "")
         # dbt writes a yml-defined test to target/compiled/<package>/<yml path>/<test>.sql, a model to .../<sql path>.
         compiled = original if original.endswith(".sql") else f"{original}/{node.get('path', '')}"
-        found[node["name"]] = {
+        found[node["name"]] = found[node["unique_id"]] = {
+            "name": node["name"],
             "resource_type": node.get("resource_type"),
             "compiled_path": f"target/compiled/{node.get('package_name') or project}/{compiled}",
         }
@@ -398,7 +460,7 @@ def from_task_context(event: Event, pipeline: str, context: Mapping[str, Any]) -
         base_url=base_url(),
         airbyte_job_id=job_id,
         airbyte_job_url=job_url,
-        dbt_failures=dbt_failures(task, error),
+        dbt_failures=dbt_failures(task, error, ti),
     )
 
 

@@ -180,8 +180,9 @@ class TaskRetry(_Callback):
 
     def handle(self, context: Mapping[str, Any]) -> None:
         if _is_dbt_watcher_task(context.get("task")):
-            # Watcher mode: try 1 only relays the producer's `dbt build` results (which can name a node
-            # that a re-run then passes); the retry re-runs the node for real, and its final failure pages.
+            # Watcher mode: a failed try relays the producer's `dbt build` result (a relationships test
+            # counts for both its models, so it can blame a model a re-run then passes); the retry re-runs
+            # the node once the producer is done (before, it relays again). Only the final failure pages.
             log.info("No retry line for dbt watcher task %s", _get_task_id(context))
             return
         alert = alert_content.from_task_context("task_retry", self.pipeline, context)

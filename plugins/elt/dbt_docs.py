@@ -1,10 +1,11 @@
 """Generate the dbt docs site that Cosmos's plugin shows in the Airflow UI (Browse → dbt docs).
 
-    set -a; . .local/stack.env; set +a          # locally: the stack's connections and settings
-    PYTHONPATH=plugins .venv/bin/python -m elt.dbt_docs [--target-dir DIR]
+    make dbt-docs [DIR=...]                     # locally, with `make up` running
+    python -m elt.dbt_docs [--target-dir DIR]   # in the images (PYTHONPATH includes plugins/)
 
-(`elt` lives in plugins/, which Airflow puts on sys.path for its own processes only; in the
-images PYTHONPATH already includes it.)
+(`elt` lives in plugins/, which Airflow puts on sys.path for its own processes only: outside the
+images, `make dbt-docs` sets PYTHONPATH and reads the stack's connections and settings from
+.local/stack.env.)
 
 `dbt docs generate` queries the warehouse for its catalog, so this runs after the stack is up
 (best after a pipeline run, so the marts are in the catalog). The profile comes from the

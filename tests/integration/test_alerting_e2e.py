@@ -262,11 +262,6 @@ def failing_dbt_test(stack_env: dict[str, str]) -> Iterator[str]:
         conn.execute("delete from raw_energy.muid_1 where _airbyte_raw_id = %s", (BAD_ROW_ID,))
 
 
-@pytest.mark.xfail(
-    reason="watcher mode: the model's test task fails with Cosmos's generic 'Tests for model … status fail', "
-    "so the page does not name the failing test yet (per_model mode does); open in issue #11",
-    strict=False,
-)
 def test_a_failing_dbt_test_is_named_in_the_page_and_clearing_the_run_resolves_it(
     client: AirflowClient, failing_dbt_test: str, stack_env: dict[str, str], recorded: Callable[[], dict]
 ) -> None:

@@ -219,7 +219,9 @@ def test_dbt_failure_names_the_failing_test_and_its_compiled_sql(dag: DAG, recor
 
     got = recorded()
     details = got["pagerduty"][0]["body"]["payload"]["custom_details"]
-    assert details["failing_dbt_test"] == f"not_null_fct_energy_daily_meter_muid (compiled SQL: {compiled})"
+    assert details["failing_dbt_test"] == (
+        f"not_null_fct_energy_daily_meter_muid (compiled SQL: {compiled}) — Got 3 results, configured to fail if != 0"
+    )
     assert details["try"] == "3 of 3 (no retries left)"
     assert "dbt not_null_fct_energy_daily_meter_muid" in got["pagerduty"][0]["body"]["payload"]["summary"]
     assert "not_null_fct_energy_daily_meter_muid" in got["slack"][0]["body"]["text"]
@@ -237,8 +239,87 @@ def test_dbt_failure_without_compiled_sql_points_at_the_manifest_path(dag: DAG, 
     # dbt names the compiled file of a long test name with a hash; the manifest knows which.
     assert details["failing_dbt_test"] == (
         f"{test} (compiled SQL: target/compiled/managed_elt/models/marts/energy/_energy__models.yml/"
-        "relationships_fct_energy_daily_dbd90a9fa704c7dd695c04cb6bea017d.sql)"
+        "relationships_fct_energy_daily_dbd90a9fa704c7dd695c04cb6bea017d.sql) — Got 3 results, configured to fail if != 0"
     )
+
+
+def watcher_context(dag: DAG, task_id: str, error: BaseException, events: dict[str, dict]) -> dict[str, Any]:
+    """A Cosmos watcher task's context whose producer pushed `events` ({node unique_id: dbt event}) to XCom."""
+    from cosmos.operators._watcher.state import get_dbt_event_xcom_key
+
+    context = task_context(dag, task_id, error, try_number=3)
+    producer = context["task"].producer_task_id
+    pushed = {get_dbt_event_xcom_key(uid): event for uid, event in events.items()}
+    context["ti"].xcom_pull = lambda task_ids, key: pushed.get(key) if task_ids == producer else None
+    return context
+
+
+def test_a_watcher_test_task_pages_with_the_failing_test_as_dbt_reported_it(dag: DAG, recorded: Any) -> None:
+    """The test task relayed the producer's `dbt build` (Cosmos's generic error): dbt's events name the test."""
+    failing = "test.managed_elt.not_null_stg_energy_meters__muid_1_meter_muid.fc43acbf1a"
+    passing = "test.managed_elt.not_null_stg_energy_meters__muid_1_reading_at.c7cb1871f4"
+    generic = RuntimeError(
+        "Tests for model 'model.managed_elt.stg_energy_meters__muid_1' finished with status 'fail'"
+    )
+    context = watcher_context(
+        dag,
+        "dbt.stg_energy_meters__muid_1.test",
+        generic,
+        {
+            # The last event of a failed test once the build is over: dbt's error summary (RunResultError).
+            failing: {"status": "None", "msg": "Got 1 result, configured to fail if != 0"},
+            passing: {"status": "pass", "msg": "Finished running node " + passing},
+        },
+    )
+    run_callbacks(context["task"].on_failure_callback, context)
+
+    got = recorded()
+    details = got["pagerduty"][0]["body"]["payload"]["custom_details"]
+    assert details["failing_dbt_test"] == (
+        "not_null_stg_energy_meters__muid_1_meter_muid (compiled SQL: target/compiled/managed_elt/models/staging/"
+        "energy_meters/_energy_meters__models.yml/not_null_stg_energy_meters__muid_1_meter_muid.sql)"
+        " — Got 1 result, configured to fail if != 0"
+    )
+    assert "not_null_stg_energy_meters__muid_1_reading_at" not in json.dumps(got)
+    assert (
+        "dbt not_null_stg_energy_meters__muid_1_meter_muid"
+        in got["pagerduty"][0]["body"]["payload"]["summary"]
+    )
+    assert "not_null_stg_energy_meters__muid_1_meter_muid" in got["slack"][0]["body"]["text"]
+    assert "not_null_stg_energy_meters__muid_1_meter_muid" in got["email"][0]["text"]
+
+
+def test_a_watcher_model_task_pages_with_the_models_dbt_error(dag: DAG, recorded: Any) -> None:
+    context = watcher_context(
+        dag,
+        "dbt.dim_meters.run",
+        RuntimeError("dbt model 'model.managed_elt.dim_meters' failed. Review the producer task logs"),
+        {
+            "model.managed_elt.dim_meters": {
+                "status": "error",
+                "msg": 'Database Error in model dim_meters\n  relation "x" does not exist',
+            }
+        },
+    )
+    run_callbacks(context["task"].on_failure_callback, context)
+    details = recorded()["pagerduty"][0]["body"]["payload"]["custom_details"]
+    assert details["failing_dbt_model"].startswith(
+        "dim_meters (compiled SQL: target/compiled/managed_elt/models/marts/energy/dim_meters.sql) — Database Error"
+    )
+
+
+def test_a_watcher_task_names_no_node_when_dbt_reported_none_failed(
+    dag: DAG, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producer failed before its nodes ran (no events): the page says what Cosmos said, no guess."""
+    from elt import alert_content
+
+    monkeypatch.setattr(alert_content, "WATCHER_XCOM_PAUSE", 0)
+    context = watcher_context(
+        dag, "dbt.dim_meters.test", RuntimeError("producer failed before reporting"), {}
+    )
+    failures = alert_content.dbt_failures(context["task"], context["exception"], context["ti"])
+    assert failures == ()
 
 
 def test_error_summary_masks_secrets_and_is_not_rendered_as_a_template(dag: DAG, recorded: Any) -> None:
@@ -484,6 +565,26 @@ def test_dbt_watcher_tasks_post_no_retry_line(dag: DAG, recorded: Any, task_id: 
     context = task_context(dag, task_id, RuntimeError("dbt.dim_meters.test: status 'fail'"), try_number=1)
     run_callbacks(context["task"].on_retry_callback, context)
     assert recorded() == {"slack": [], "pagerduty": [], "email": []}
+
+
+def test_retry_lines_go_only_to_the_routes_that_ask_for_them(receivers: Receivers, recorded: Any) -> None:
+    routes = {
+        "slack": {"conn_id": "slack_alerts", "notify_retries": True},
+        "pagerduty": {"conn_id": "pagerduty_alerts"},
+        "email": {"conn_id": "smtp_alerts", "to": ["oncall@example.com"]},
+    }
+    dag = dag_from_spec(PipelineSpec.model_validate(spec_data(**routes)))
+    context = task_context(dag, "airbyte_energy.sync", RuntimeError("Airbyte API answered 503"), try_number=1)
+    run_callbacks(context["task"].on_retry_callback, context)
+    got = recorded()
+    assert (len(got["slack"]), len(got["pagerduty"]), len(got["email"])) == (1, 0, 0)
+    assert "task airbyte_energy.sync failed, will retry" in got["slack"][0]["body"]["text"]
+
+    quiet = dag_from_spec(
+        PipelineSpec.model_validate(spec_data(**{**routes, "slack": {"conn_id": "slack_alerts"}}))
+    )
+    retry_callbacks = [c for task in quiet.tasks for c in task.on_retry_callback or []]
+    assert not [c for c in retry_callbacks if isinstance(c, alerting.TaskRetry)]  # Cosmos adds its own
 
 
 def test_a_long_error_keeps_its_head_and_its_tail() -> None:
