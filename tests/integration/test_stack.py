@@ -52,6 +52,7 @@ def home() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="elt-stack-test-"))
     path.chmod(0o755)
     yield path
+    runner(path, "down")  # whichever test ran last, nothing of this stack outlives the module
     shutil.rmtree(path, ignore_errors=True)
 
 
