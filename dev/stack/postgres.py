@@ -129,11 +129,22 @@ def start(pg: Postgres, env: dict[str, str]) -> None:
         f"-p {pg.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=200",
         "start",
     ]
-    result = subprocess.run(
-        cmd, env={**env, procs.MARKER: str(LOCAL)}, capture_output=True, text=True, **_run_as()
-    )
-    if result.returncode != 0:
-        raise procs.StackError(f"Postgres did not start:\n{result.stdout}{result.stderr}\nsee {log}")
+    # The default ports lie in Linux's ephemeral range: a client's outgoing connection can hold the
+    # port for a moment after the free-port check. Postgres then logs "Address already in use": retry.
+    for attempt in range(5):
+        logged = log.stat().st_size
+        result = subprocess.run(
+            cmd, env={**env, procs.MARKER: str(LOCAL)}, capture_output=True, text=True, **_run_as()
+        )
+        if result.returncode == 0:
+            return
+        with log.open(errors="replace") as f:
+            f.seek(logged)
+            busy = "Address already in use" in f.read()
+        if not busy or attempt == 4:
+            break
+        time.sleep(3)
+    raise procs.StackError(f"Postgres did not start:\n{result.stdout}{result.stderr}\nsee {log}")
 
 
 def stop() -> bool:
