@@ -17,7 +17,18 @@ REQUIRED = {
     "AIRFLOW__COSMOS__ENABLE_CACHE_DBT_LS": "False",
 }
 
+# Defaults a deployment may override. Cosmos's "reliable retry" rewrites one Variable holding every
+# XCom the watcher producer has pushed, on every push (several per dbt node): O(nodes²) bytes through
+# the API server on dbt's own thread. Off, the backup is still written once when the producer fails
+# or retries (Cosmos's callbacks); only a producer killed outright loses it, and then each model
+# task falls back to running its own dbt (tests/integration/test_stack_kills.py, ELT_KILL_DBT_PRODUCER).
+DEFAULTS = {
+    "AIRFLOW__COSMOS__ENABLE_WATCHER_RELIABLE_RETRY": "False",
+}
+
 os.environ.update(REQUIRED)
+for _key, _value in DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
 
 if "cosmos.settings" in sys.modules:  # imported before `elt` (e.g. by a plugin): too late to configure
     _settings = sys.modules["cosmos.settings"]

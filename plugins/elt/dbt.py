@@ -7,14 +7,17 @@ parsing only reads that file, it never runs dbt.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, Param
 from airflow.sdk.exceptions import AirflowException
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
+from cosmos.operators._watcher.base import BaseConsumerSensor
 from cosmos.operators.local import DbtSourceLocalOperator
 from cosmos.profiles import PostgresUserPasswordProfileMapping
 
@@ -173,6 +176,11 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
         execution_config=ExecutionConfig(
             execution_mode=ExecutionMode.WATCHER if watcher else ExecutionMode.LOCAL,
             invocation_mode=InvocationMode.DBT_RUNNER,
+            # The watcher producer runs `dbt build` as a subprocess: dbt's threads never wait on
+            # Cosmos's XCom writes (in-process, its callback pushes several per node on dbt's own
+            # threads), and only dbt's INFO lines (one result per node) are parsed and pushed.
+            setup_operator_args={"invocation_mode": InvocationMode.SUBPROCESS},
+            dbt_executable_path=dbt_executable(),
         ),
         operator_args={
             "env": WINDOW_ENV if spec.windowed else {},
@@ -186,7 +194,23 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
     )
     if watcher:
         order_multi_parent_tests(group)
+        for task in group.iter_tasks():
+            if isinstance(task, BaseConsumerSensor):
+                task.poke_interval = WATCHER_POKE_SECONDS
     return group
+
+
+# How often a watcher model task's trigger reads its model's result from the producer's XCom.
+# Cosmos's 10 s lets the first level of model tasks lag dbt by up to 10 s. Not much lower: a trigger
+# that fires within a second or two of its task deferring can meet the scheduler's stale "success"
+# of the deferral and fail the task (apache/airflow#67287, #72716; Airflow 3.3.2 guards only part).
+WATCHER_POKE_SECONDS = 5.0
+
+
+def dbt_executable() -> str:
+    """The `dbt` next to this Python (the project's virtualenv or image), else the one on PATH."""
+    beside = Path(sys.executable).with_name("dbt")
+    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
 
 
 def order_multi_parent_tests(group: DbtTaskGroup) -> None:
