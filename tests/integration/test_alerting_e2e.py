@@ -25,8 +25,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -98,7 +100,9 @@ def receivers() -> Iterator[Receivers]:
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory: pytest.TempPathFactory, receivers: Receivers) -> Iterator[dict[str, str]]:
     reuse = os.environ.get("ALERTING_E2E_STACK_HOME")
-    home = Path(reuse) if reuse else tmp_path_factory.mktemp("alerting-stack")
+    # Not under pytest's basetemp: any later pytest session of the same user resets that to mode 0700,
+    # and the stack's Postgres (an unprivileged user) then loses its data directory mid-module.
+    home = Path(reuse) if reuse else Path(tempfile.mkdtemp(prefix="elt-alerting-stack-"))
     for parent in [home, *home.parents]:  # Postgres runs as an unprivileged user
         if parent != Path("/"):
             parent.chmod(parent.stat().st_mode | 0o055)
@@ -115,6 +119,8 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory, receivers: Receivers) ->
     yield read_stack_env(home / "stack.env")
     if not already_up:
         subprocess.run([*stack, "down"], cwd=REPO, env=env, capture_output=True, timeout=300)
+        if not reuse:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
