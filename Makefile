@@ -8,6 +8,9 @@ UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 VENV := .venv
 AIRBYTE_VENV := .venv-airbyte
 PYTHON := $(VENV)/bin/python
+# make test's parallel pytest workers: each module that needs a stack waits mostly on Airflow and
+# Airbyte, so more workers than cores (tests/conftest.py gives each worker its own stack).
+TEST_WORKERS ?= 3
 DBT_DIR := $(or $(ELT_DBT_PROJECT_DIR),include/dbt)
 DBT_MANIFEST := $(DBT_DIR)/target/manifest.json
 DBT_SOURCES := $(shell find $(DBT_DIR) -path $(DBT_DIR)/target -prune -o -path $(DBT_DIR)/logs -prune -o -path $(DBT_DIR)/dbt_packages -prune -o -type f \( -name '*.sql' -o -name '*.yml' -o -name '*.yaml' -o -name '*.csv' \) -print 2>/dev/null)
@@ -56,7 +59,8 @@ demo: install ## start the stack, run every pipeline once through the scheduler,
 test: install lock-check browser ## the whole test suite (what CI runs), then compose-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(VENV)/bin/pytest -m serial
 	@$(MAKE) --no-print-directory compose-test
 
 compose-test: $(VENV)/.installed | $(UV) ## build the images, run both pipelines on the compose deployment (private dockerd), tear down
@@ -106,5 +110,5 @@ browser: ## install Debian's chromium for the browser test (Playwright drives it
 	  $$( [ "$$(id -u)" = 0 ] || echo sudo ) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 clean: down ## stop the stack and delete local state, generated files and caches (keeps the virtualenvs)
-	rm -rf .local $(DBT_DIR)/target $(DBT_DIR)/logs .pytest_cache .ruff_cache
+	rm -rf .local .local-pytest $(DBT_DIR)/target $(DBT_DIR)/logs .pytest_cache .ruff_cache
 	find . -name __pycache__ -type d -not -path './.venv*' -prune -exec rm -rf {} +

@@ -36,8 +36,42 @@ def read_stack_env(path: Path) -> dict[str, str]:
     return env
 
 
+def worker_stack_settings(worker: str | None = None) -> dict[str, str]:
+    """STACK_HOME and ports of this xdist worker's stack; none for a plain run or the first worker.
+
+    make test runs `pytest -n N --dist loadfile`: a module's tests stay on one worker, in order,
+    and each worker that runs a module on the shared stack starts a stack of its own. (Modules
+    like test_alerting_e2e start their own stacks on fixed ports, as before.) Not loadgroup:
+    pytest 9.2 ignores its groups (pytest-dev/pytest-xdist#1386).
+
+    The first worker (and a run without -n) uses `.local` and the default ports, so a stack
+    started by `make up` is reused. The others get `.local-pytest/gwN` (not under `.local`: a
+    stack counts the processes working under its home as its own) and ports below Linux's
+    ephemeral range (32768-60999), apart from every fixed port the tests use.
+    """
+    worker = worker or os.environ.get("PYTEST_XDIST_WORKER") or "gw0"
+    n = int(worker.removeprefix("gw") or 0)
+    if n == 0:
+        return {}
+    return {
+        "STACK_HOME": str(REPO / ".local-pytest" / worker),
+        "STACK_PG_PORT": str(25440 + n),
+        "STACK_REDIS_PORT": str(26380 + n),
+        "STACK_AIRBYTE_PORT": str(28000 + 10 * n),
+        "STACK_METER_PORT": str(28001 + 10 * n),
+        "STACK_RECEIVERS_HTTP_PORT": str(28002 + 10 * n),
+        "STACK_RECEIVERS_SMTP_PORT": str(28003 + 10 * n),
+        "STACK_AIRFLOW_PORT": str(28100 + 10 * n),  # and +713..+715 (log servers, health)
+    }
+
+
+# Whatever this worker starts (`dev.stack up`, a restart of one service) finds its own stack.
+os.environ.update(worker_stack_settings())
+
+
 def _stack_home() -> Path:
-    return Path(os.environ.get("STACK_HOME", REPO / ".local")).resolve()
+    home = worker_stack_settings().get("STACK_HOME") or os.environ.get("STACK_HOME", REPO / ".local")
+    return Path(home).resolve()
 
 
 @pytest.fixture(scope="session")
@@ -45,14 +79,18 @@ def stack() -> dict[str, str]:
     """The running local stack's environment (`.local/stack.env`), starting the stack if needed.
 
     A stack this fixture started is stopped at the end of the session (KEEP_STACK=1 keeps it);
-    a stack that was already up is left running.
+    a stack that was already up is left running. Under xdist, each worker has its own stack.
     """
     python = sys.executable
+    run_env = {**os.environ, **worker_stack_settings()}
     already_up = (
-        subprocess.run([python, "-m", "dev.stack", "status"], cwd=REPO, capture_output=True).returncode == 0
+        subprocess.run(
+            [python, "-m", "dev.stack", "status"], cwd=REPO, env=run_env, capture_output=True
+        ).returncode
+        == 0
     )
     if not already_up:
-        subprocess.run([python, "-m", "dev.stack", "up"], cwd=REPO, check=True)
+        subprocess.run([python, "-m", "dev.stack", "up"], cwd=REPO, env=run_env, check=True)
     env = read_stack_env(_stack_home() / "stack.env")
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
@@ -63,7 +101,7 @@ def stack() -> dict[str, str]:
         else:
             os.environ[key] = value
     if not already_up and os.environ.get("KEEP_STACK") != "1":
-        subprocess.run([python, "-m", "dev.stack", "down"], cwd=REPO, check=False)
+        subprocess.run([python, "-m", "dev.stack", "down"], cwd=REPO, env=run_env, check=False)
 
 
 @pytest.fixture(scope="session")

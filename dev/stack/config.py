@@ -89,7 +89,7 @@ def executor() -> str:
 
 def load_secrets() -> dict[str, str]:
     """Local-only credentials, generated once and kept in .local/ (git-ignored)."""
-    LOCAL.mkdir(exist_ok=True)
+    LOCAL.mkdir(parents=True, exist_ok=True)
     current = json.loads(SECRETS_FILE.read_text()) if SECRETS_FILE.exists() else {}
     wanted = {
         "postgres_password": lambda: secrets.token_urlsafe(18),

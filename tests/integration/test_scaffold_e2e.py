@@ -24,7 +24,9 @@ import pytest
 from tests.fixtures.bookshop.server import AUTHORS, BOOKS
 from tests.integration.pipeline_runs import run_dag
 
-pytestmark = pytest.mark.stack
+# It rewrites include/airbyte/workspace.yaml and recompiles the dbt manifest, which every stack on
+# this checkout reads: make test runs it alone, after the parallel tests.
+pytestmark = [pytest.mark.stack, pytest.mark.serial]
 
 REPO = Path(__file__).resolve().parents[2]
 WORKSPACE = REPO / "include" / "airbyte" / "workspace.yaml"
