@@ -83,7 +83,8 @@ def test_parsing_needs_nothing_but_airflow_home(tmp_path: Path) -> None:
         "from airflow.dag_processing.dagbag import DagBag\n"
         f"bag = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
         "assert not bag.import_errors, bag.import_errors\n"
-        "print(sorted((d, sorted(bag.dags[d].task_dict)) for d in bag.dag_ids))\n"
+        "dags = [bag.dags[d] for d in sorted(bag.dag_ids)]\n"
+        "print([(d.dag_id, sorted(d.task_dict), sorted(d.params), d.doc_md) for d in dags])\n"
     )
     cache = tmp_path / "render-cache"
     env = {
@@ -110,7 +111,7 @@ def test_parsing_needs_nothing_but_airflow_home(tmp_path: Path) -> None:
         assert result.returncode == 0, result.stderr[-3000:]
         parses.append(result.stdout.strip().splitlines()[-1])
         files.append(sorted(p.name for p in cache.glob("*.pickle")))
-    dags = [name for name, _ in ast.literal_eval(parses[0])]
+    dags = [name for name, *_ in ast.literal_eval(parses[0])]
     assert sorted(p.stem for p in spec_files()) == dags
     assert parses[1] == parses[0]
     assert len(files[0]) == len(dags) and files[1] == files[0]
