@@ -25,7 +25,6 @@ changes Cosmos made to the DAG itself (its dbt project hash in `doc_md`, its par
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
 import io
 import logging
@@ -251,15 +250,7 @@ def _prune(path: Path, dag_id: str) -> None:
 
 
 def _restore(data: bytes, dag: DAG, parent: TaskGroup) -> TaskGroup:
-    # Loading allocates thousands of objects at once; with the collector on, each load would pay
-    # full collections over every DAG already in memory (a DagBag of 200 pipelines: ~3x per DAG).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        payload = _Unpickler(io.BytesIO(data), dag, parent).load()
-    finally:
-        if collecting:
-            gc.enable()
+    payload = _Unpickler(io.BytesIO(data), dag, parent).load()
     group, tasks = payload["group"], payload["tasks"]
     taken = parent.used_group_ids & ({*payload["ids"], *(t.task_id for t in tasks)})
     if taken or group.node_id in parent.children:
