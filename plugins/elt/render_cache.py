@@ -73,11 +73,11 @@ def cached_task_group(render: Callable[[], TaskGroup], inputs: Any) -> TaskGroup
     path = cache_dir() / f"{dag.dag_id}-{key}.pickle" if key else None
     if path is not None and path.is_file():
         try:
-            return _restore(path.read_bytes(), dag, parent)
-        except DuplicateTaskIdFound:
-            raise
-        except Exception as err:  # a stale or corrupt file: render, then overwrite it
+            payload = _Unpickler(io.BytesIO(path.read_bytes()), dag, parent).load()
+        except Exception as err:  # a corrupt or vanished file: render, then overwrite it
             log.warning("ignoring the render cache %s: %s", path, err)
+        else:
+            return _restore(payload, dag, parent)
     return _render_and_store(render, dag, parent, path)
 
 
@@ -249,8 +249,7 @@ def _prune(path: Path, dag_id: str) -> None:
         old.unlink(missing_ok=True)
 
 
-def _restore(data: bytes, dag: DAG, parent: TaskGroup) -> TaskGroup:
-    payload = _Unpickler(io.BytesIO(data), dag, parent).load()
+def _restore(payload: dict[str, Any], dag: DAG, parent: TaskGroup) -> TaskGroup:
     group, tasks = payload["group"], payload["tasks"]
     taken = parent.used_group_ids & ({*payload["ids"], *(t.task_id for t in tasks)})
     if taken or group.node_id in parent.children:

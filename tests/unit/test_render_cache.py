@@ -98,7 +98,7 @@ def test_a_cached_dag_is_the_dag_built_without_the_cache(
     if spec.dbt is None:
         pytest.skip("no dbt task group")
     spec = spec.model_copy(update={"dbt": spec.dbt.model_copy(update={"execution": execution})})
-    restored = []
+    restored = []  # calls of the cache's own loader: this test watches which path was taken
     restore = render_cache._restore
     monkeypatch.setattr(render_cache, "_restore", lambda *a: restored.append(1) or restore(*a))
 
