@@ -12,7 +12,7 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, TaskGroup
 
-from elt import alerting, paths
+from elt import alerting, paths, render_cache
 from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.assets import raw_table_asset
 from elt.dbt import TEMPLATE_MACROS, dbt_task_group, rebuild_params, source_freshness_task
@@ -69,8 +69,7 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
     ) as dag:
         syncs = [_airbyte_group(spec, c) for c in spec.airbyte.connections] if spec.airbyte else []
         if spec.dbt is not None:
-            dbt = dbt_task_group(spec)
-            attach_lineage(dbt)  # stream -> source -> model edges on the Assets page
+            dbt = dbt_group(spec)
             upstream = syncs
             if spec.dbt.freshness != "off":
                 freshness = source_freshness_task(spec)
@@ -78,6 +77,20 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
                 upstream = [freshness]
             upstream >> dbt
     return dag
+
+
+def dbt_group(spec: PipelineSpec) -> TaskGroup:
+    """Cosmos's task group of the spec's dbt selection with its asset lineage, rendered once per manifest."""
+
+    def render() -> TaskGroup:
+        group = dbt_task_group(spec)
+        attach_lineage(group)  # stream -> source -> model edges on the Assets page
+        return group
+
+    # Everything of the spec that render() reads besides the DAG (plain JSON: its key must not
+    # depend on the interpreter's hash seed).
+    inputs = {"dbt": spec.dbt.model_dump(mode="json"), "windowed": spec.windowed}
+    return render_cache.cached_task_group(render, inputs)
 
 
 def _airbyte_group(spec: PipelineSpec, connection) -> TaskGroup:
