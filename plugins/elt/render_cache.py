@@ -75,9 +75,11 @@ def cached_task_group(render: Callable[[], TaskGroup], inputs: Any) -> TaskGroup
         try:
             payload = _Unpickler(io.BytesIO(path.read_bytes()), dag, parent).load()
         except Exception as err:  # a corrupt or vanished file: render, then overwrite it
-            log.warning("ignoring the render cache %s: %s", path, err)
+            log.warning("render cache: ignoring %s, rendering instead: %s", path, err)
         else:
-            return _restore(payload, dag, parent)
+            group = _restore(payload, dag, parent)
+            log.info("render cache: loaded %s.%s from %s", dag.dag_id, group.group_id, path)
+            return group
     return _render_and_store(render, dag, parent, path)
 
 
@@ -115,7 +117,7 @@ def _key(dag: DAG, parent: TaskGroup, inputs: Any) -> str | None:
     try:
         _KeyPickler(buffer, protocol=5).dump(material)
     except Exception as err:  # something in the DAG's arguments does not pickle: no cache
-        log.info("render cache off for %s: %s", dag.dag_id, err)
+        log.info("render cache: off for %s: %s", dag.dag_id, err)
         return None
     return hashlib.sha256(buffer.getvalue()).hexdigest()
 
@@ -205,6 +207,7 @@ def _render_and_store(render: Callable[[], TaskGroup], dag: DAG, parent: TaskGro
     doc_before = dag.doc_md or ""
     group = render()
     if path is None:
+        log.info("render cache: rendered %s.%s (cache off)", dag.dag_id, group.group_id)
         return group
     doc_after = dag.doc_md or ""
     tasks = [task for task_id, task in dag.task_dict.items() if task_id not in tasks_before]
@@ -215,7 +218,7 @@ def _render_and_store(render: Callable[[], TaskGroup], dag: DAG, parent: TaskGro
         or set(parent.children) - children_before != {group.node_id}
         or {task.task_id for task in tasks} != {task.task_id for task in group.iter_tasks()}
     ):
-        log.info("render cache off for %s: the render changed the DAG in an unexpected way", dag.dag_id)
+        log.info("render cache: off for %s: the render changed the DAG in an unexpected way", dag.dag_id)
         return group
     payload = {
         "group": group,
@@ -237,7 +240,15 @@ def _render_and_store(render: Callable[[], TaskGroup], dag: DAG, parent: TaskGro
         os.replace(partial, path)
         _prune(path, dag.dag_id)
     except Exception as err:  # read-only deployment, unpicklable argument: parse without the cache
-        log.info("render cache not written for %s: %s", dag.dag_id, err)
+        log.warning(
+            "render cache: rendered %s.%s, not written (every parse will render; set a writable "
+            "ELT_RENDER_CACHE_DIR or ELT_RENDER_CACHE=off): %s",
+            dag.dag_id,
+            group.group_id,
+            err,
+        )
+    else:
+        log.info("render cache: rendered %s.%s and wrote %s", dag.dag_id, group.group_id, path)
     return group
 
 
