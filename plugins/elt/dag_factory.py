@@ -15,7 +15,13 @@ from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, TaskGroup
 from elt import alerting, paths, render_cache
 from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.assets import raw_table_asset
-from elt.dbt import TEMPLATE_MACROS, dbt_task_group, rebuild_params, source_freshness_task
+from elt.dbt import (
+    TEMPLATE_MACROS,
+    dbt_executable,
+    dbt_task_group,
+    rebuild_params,
+    source_freshness_task,
+)
 from elt.lineage import attach_lineage
 from elt.spec import PipelineSpec, check_environment, load_spec
 
@@ -87,9 +93,14 @@ def dbt_group(spec: PipelineSpec) -> TaskGroup:
         attach_lineage(group)  # stream -> source -> model edges on the Assets page
         return group
 
-    # Everything of the spec that render() reads besides the DAG (plain JSON: its key must not
-    # depend on the interpreter's hash seed).
-    inputs = {"dbt": spec.dbt.model_dump(mode="json"), "windowed": spec.windowed}
+    # Everything that render() reads besides the DAG (plain JSON: its key must not depend on the
+    # interpreter's hash seed): the spec's dbt part, and the dbt the producer runs, which follows
+    # the interpreter and PATH (an image's or another virtualenv's cache must not be loaded here).
+    inputs = {
+        "dbt": spec.dbt.model_dump(mode="json"),
+        "windowed": spec.windowed,
+        "dbt_executable": dbt_executable(),
+    }
     return render_cache.cached_task_group(render, inputs)
 
 
