@@ -19,8 +19,9 @@ from airflow.sdk import DAG, TaskGroup
 from airflow.sdk.bases.operator import BaseOperator
 from airflow.sdk.definitions.param import Param, ParamsDict
 from airflow.serialization.serialized_objects import DagSerialization
+from cosmos.operators._watcher.base import BaseConsumerSensor
 
-from elt import render_cache
+from elt import dbt, render_cache
 from elt.dag_factory import dag_from_spec
 from elt.spec import load_spec, spec_files
 
@@ -109,12 +110,34 @@ def test_a_cached_dag_is_the_dag_built_without_the_cache(
     monkeypatch.delenv("ELT_RENDER_CACHE")
     miss = picture(dag_from_spec(spec))
     assert len(list(cache.glob(f"{name}-*.pickle"))) == 1 and not restored
-    hit = picture(dag_from_spec(spec))
+    hit_dag = dag_from_spec(spec)
+    hit = picture(hit_dag)
     assert restored == [1]
 
     assert miss == uncached
     assert hit == uncached
     assert any(t[0].endswith((".run", "_model_build")) for t in hit["tasks"])  # per-model tasks are there
+    if execution == "watcher":
+        _assert_post_processed(hit_dag, spec, monkeypatch)
+
+
+def _edges(dag: DAG) -> set[tuple[str, str]]:
+    return {(up, task.task_id) for task in dag.tasks for up in task.upstream_task_ids}
+
+
+def _assert_post_processed(dag: DAG, spec: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `dbt_task_group` changes after Cosmos renders a watcher group is in the cached DAG too
+    (the equality above compares it; this shows there is something to compare)."""
+    consumers = [t for t in dag.tasks if isinstance(t, BaseConsumerSensor)]
+    assert consumers and {t.poke_interval for t in consumers} == {dbt.WATCHER_POKE_SECONDS}
+    excluded = {t.task_id: t.exclude for t in dag.tasks if getattr(t, "exclude", None)}
+    assert excluded, "no test task excludes a multi-model test: order_multi_parent_tests did nothing"
+    # The edges order_multi_parent_tests adds: those of the DAG rendered without it.
+    monkeypatch.setenv("ELT_RENDER_CACHE", "off")
+    monkeypatch.setattr(dbt, "order_multi_parent_tests", lambda group: None)
+    unordered = dag_from_spec(spec)
+    assert _edges(dag) > _edges(unordered)
+    assert not any(getattr(t, "exclude", None) for t in unordered.tasks)
 
 
 def test_a_changed_manifest_renders_again(
@@ -130,6 +153,34 @@ def test_a_changed_manifest_renders_again(
     monkeypatch.setattr(render_cache.paths, "DBT_MANIFEST", manifest)
     dag_from_spec(spec)
     assert len({p.name for p in cache.glob("*.pickle")} - first) == 1
+
+
+def test_a_changed_project_file_renders_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A model's SQL changed but the manifest was not recompiled yet: still a new key.
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    model = project / "models" / "stg_a.sql"
+    model.write_text("select 1 as id\n")
+    monkeypatch.setattr(render_cache.paths, "DBT_PROJECT_DIR", project)
+    before = render_cache._files_digest()
+    model.write_text("select 2 as id\n")
+    assert render_cache._files_digest() != before
+
+
+def test_an_unwritable_cache_dir_renders_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A directory below a regular file cannot be created, even by root (chmod would not stop root).
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    monkeypatch.setenv("ELT_RENDER_CACHE_DIR", str(blocker / "cache"))
+    spec = load_spec(next(p for p in spec_files() if p.stem == "energy_meters"))
+    with caplog.at_level("INFO", logger=render_cache.__name__):
+        cached = picture(dag_from_spec(spec))
+    monkeypatch.setenv("ELT_RENDER_CACHE", "off")
+    assert cached == picture(dag_from_spec(spec))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("not written" in m and "energy_meters" in m for m in warnings), warnings
 
 
 def test_a_corrupt_cache_file_is_rendered_over(cache: Path) -> None:
