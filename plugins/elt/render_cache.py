@@ -30,6 +30,7 @@ import io
 import logging
 import os
 import pickle
+import tempfile
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -73,6 +74,7 @@ def cached_task_group(render: Callable[[], TaskGroup], inputs: Any) -> TaskGroup
     path = cache_dir() / f"{dag.dag_id}-{key}.pickle" if key else None
     if path is not None and path.is_file():
         try:
+            _check_trusted(path)
             payload = _Unpickler(io.BytesIO(path.read_bytes()), dag, parent).load()
         except Exception as err:  # a corrupt or vanished file: render, then overwrite it
             log.warning("render cache: ignoring %s, rendering instead: %s", path, err)
@@ -81,6 +83,14 @@ def cached_task_group(render: Callable[[], TaskGroup], inputs: Any) -> TaskGroup
             log.info("render cache: loaded %s.%s from %s", dag.dag_id, group.group_id, path)
             return group
     return _render_and_store(render, dag, parent, path)
+
+
+def _check_trusted(path: Path) -> None:
+    """Loading a pickle runs code: refuse one that anybody could have written (e.g. a cache dir
+    set to a world-writable folder). The cache is as trusted as dags/ and plugins/, no more."""
+    for place in (path, path.parent):
+        if place.stat().st_mode & 0o002:
+            raise PermissionError(f"{place} is world-writable")
 
 
 # -- key ---------------------------------------------------------------------------------------
@@ -234,10 +244,17 @@ def _render_and_store(render: Callable[[], TaskGroup], dag: DAG, parent: TaskGro
     buffer = io.BytesIO()
     try:
         _Pickler(buffer, dag, parent).dump(payload)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_bytes(buffer.getvalue())
-        os.replace(partial, path)
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        # A name no other writer uses (containers sharing a volume can have the same pids).
+        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(buffer.getvalue())
+            os.chmod(partial, 0o644)  # mkstemp's 0o600 would hide it from other uids of the deployment
+            os.replace(partial, path)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
         _prune(path, dag.dag_id)
     except Exception as err:  # read-only deployment, unpicklable argument: parse without the cache
         log.warning(
@@ -255,7 +272,7 @@ def _render_and_store(render: Callable[[], TaskGroup], dag: DAG, parent: TaskGro
 def _prune(path: Path, dag_id: str) -> None:
     """Keep the newest KEEP_PER_DAG files of the DAG: old keys are never read again."""
     files = [p for p in path.parent.glob(f"{dag_id}-*.pickle") if p.stem.rpartition("-")[0] == dag_id]
-    files.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    files.sort(key=lambda p: _stat(p)[2], reverse=True)  # another parser may prune at the same time
     for old in files[KEEP_PER_DAG:]:
         old.unlink(missing_ok=True)
 

@@ -183,6 +183,23 @@ def test_an_unwritable_cache_dir_renders_and_says_so(
     assert any("not written" in m and "energy_meters" in m for m in warnings), warnings
 
 
+def test_a_world_writable_cache_file_is_not_loaded(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    spec = load_spec(next(p for p in spec_files() if p.stem == "energy_meters"))
+    dag_from_spec(spec)
+    (path,) = cache.glob("*.pickle")
+    path.chmod(0o666)
+    loaded = []
+    restore = render_cache._restore
+    monkeypatch.setattr(render_cache, "_restore", lambda *a: loaded.append(1) or restore(*a))
+    with caplog.at_level("WARNING", logger=render_cache.__name__):
+        dag_from_spec(spec)
+    assert not loaded
+    assert any("world-writable" in r.getMessage() for r in caplog.records)
+    assert path.stat().st_mode & 0o777 == 0o644  # rendered over
+
+
 def test_a_corrupt_cache_file_is_rendered_over(cache: Path) -> None:
     spec = load_spec(next(p for p in spec_files() if p.stem == "energy_meters"))
     expected = picture(dag_from_spec(spec))
