@@ -61,6 +61,9 @@ CONNECTION = {
 }
 BAD_ROW_ID = "alerting-e2e-bad-row"
 DEADLINE_SECONDS = 45
+CALLBACK_GRACE = 2  # seconds: see settle
+# Seconds from triggering to the deadline of the run that fails first (it fails in about 15).
+FAILED_RUN_DEADLINE = 60
 FAILURE_CAUSE = "HTTP 401 from meter API (token expired)"
 
 pytestmark = pytest.mark.stack
@@ -153,20 +156,39 @@ def start_run(client: AirflowClient, dag_id: str) -> str:
 
 
 def settle(
-    recorded: Callable[[], dict], seconds: float = 20, until: Callable[[dict], bool] | None = None
+    recorded: Callable[[], dict], until: Callable[[dict], bool], *also: Callable[[], bool]
 ) -> dict[str, list[dict[str, Any]]]:
-    """What arrived once the run's callbacks have had time to run.
+    """What arrived once the run's callbacks have run: poll until `until(got)` and every `also()` hold.
 
-    Task callbacks run on the worker; DAG-run callbacks run later, in the dag-processor, so a
-    test that expects one can wait for it (`until`) for up to two minutes.
+    Task callbacks run on the worker right after the task reports its state; DAG-run callbacks run
+    later, in the dag-processor (`dag_callback_ran`). Once the last callback has started, its
+    deliveries to the local receivers take well under a second (the dag-processor log shows
+    "Executing ..." to the last "sent via" in 0.3 s): CALLBACK_GRACE covers them, so a message
+    nobody expected (a second page) is in what this returns. Gives up after two minutes.
     """
-    time.sleep(seconds)
     deadline = time.monotonic() + 120
     got = recorded()
-    while until is not None and not until(got) and time.monotonic() < deadline:
-        time.sleep(3)
+    while not (until(got) and all(check() for check in also)) and time.monotonic() < deadline:
+        time.sleep(1)
         got = recorded()
-    return got
+    time.sleep(CALLBACK_GRACE)
+    return recorded()
+
+
+def dag_callbacks(stack_env: dict[str, str], dag_id: str, kind: str) -> int:
+    """How many on_<kind> DAG-run callbacks of dag_id the dag-processor has executed so far.
+
+    Airflow exposes no API for them; the dag-processor logs each one to the DAG file's log.
+    """
+    line = f'"event":"Executing on_{kind} dag callback","dag_id":"{dag_id}"'
+    logs = Path(stack_env["AIRFLOW_HOME"]) / "logs" / "dag_processor"
+    return sum(path.read_text(errors="replace").count(line) for path in logs.glob(f"*/*/{dag_id}.py.log"))
+
+
+def dag_callback_ran(stack_env: dict[str, str], dag_id: str, kind: str) -> Callable[[], bool]:
+    """A check for `settle`: one more on_<kind> callback of dag_id has run since this was called."""
+    before = dag_callbacks(stack_env, dag_id, kind)
+    return lambda: dag_callbacks(stack_env, dag_id, kind) > before
 
 
 def pages(got: dict, action: str) -> list[dict[str, Any]]:
@@ -206,8 +228,9 @@ FAILED_ENERGY_RUN: dict[str, str] = {}
 
 
 def test_a_failed_airbyte_job_fails_the_run_and_pages_once_with_the_job_id_and_cause(
-    client: AirflowClient, airbyte: httpx.Client, recorded: Callable[[], dict]
+    client: AirflowClient, airbyte: httpx.Client, stack_env: dict[str, str], recorded: Callable[[], dict]
 ) -> None:
+    run_callback = dag_callback_ran(stack_env, ENERGY, "failure")
     airbyte.post(
         "/local/faults/fail-next-job", json={"connectionId": CONNECTION[ENERGY], "message": FAILURE_CAUSE}
     ).raise_for_status()
@@ -218,7 +241,8 @@ def test_a_failed_airbyte_job_fails_the_run_and_pages_once_with_the_job_id_and_c
         f"/api/v2/dags/{ENERGY}/dagRuns/{quoted(run_id)}/taskInstances/airbyte_energy.sync/xcomEntries/return_value"
     )["value"]
 
-    got = settle(recorded)
+    # The task's page on every route, then the run's own failure callback (which must not page again).
+    got = settle(recorded, lambda g: bool(pages(g, "trigger") and g["slack"] and g["email"]), run_callback)
     triggers = pages(got, "trigger")
     assert len(triggers) == 1, got["pagerduty"]
     FAILED_ENERGY_RUN["dedup_key"] = triggers[0]["dedup_key"]
@@ -234,13 +258,14 @@ def test_a_failed_airbyte_job_fails_the_run_and_pages_once_with_the_job_id_and_c
 
 
 def test_clearing_the_failed_sync_reruns_the_window_and_resolves_its_incident(
-    client: AirflowClient, recorded: Callable[[], dict]
+    client: AirflowClient, stack_env: dict[str, str], recorded: Callable[[], dict]
 ) -> None:
     run_id = FAILED_ENERGY_RUN["run_id"]
+    run_callback = dag_callback_ran(stack_env, ENERGY, "success")
     clear_task_like_the_ui(client, ENERGY, run_id, "airbyte_energy.sync")
     assert client.wait_for_run(ENERGY, run_id, timeout=900)["state"] == "success"
 
-    got = settle(recorded, until=lambda g: bool(pages(g, "resolve")))
+    got = settle(recorded, lambda g: bool(pages(g, "resolve")), run_callback)
     assert pages(got, "trigger") == []
     resolves = pages(got, "resolve")
     assert [r["dedup_key"] for r in resolves] == [FAILED_ENERGY_RUN["dedup_key"]]
@@ -265,10 +290,12 @@ def failing_dbt_test(stack_env: dict[str, str]) -> Iterator[str]:
 def test_a_failing_dbt_test_is_named_in_the_page_and_clearing_the_run_resolves_it(
     client: AirflowClient, failing_dbt_test: str, stack_env: dict[str, str], recorded: Callable[[], dict]
 ) -> None:
+    run_callback = dag_callback_ran(stack_env, ENERGY, "failure")
     run_id = start_run(client, ENERGY)
     assert client.wait_for_run(ENERGY, run_id, timeout=900)["state"] == "failed"
 
-    got = settle(recorded)
+    # Every failed task's callback has run by the time the run's own failure callback has.
+    got = settle(recorded, lambda g: bool(pages(g, "trigger")), run_callback)
     triggers = pages(got, "trigger")
     assert triggers, got["pagerduty"]
     assert {t["dedup_key"] for t in triggers} == {triggers[0]["dedup_key"]}  # one incident
@@ -289,11 +316,12 @@ def test_a_failing_dbt_test_is_named_in_the_page_and_clearing_the_run_resolves_i
     with psycopg.connect(stack_env["WAREHOUSE_URL"], autocommit=True) as conn:
         conn.execute("delete from raw_energy.muid_1 where _airbyte_raw_id = %s", (BAD_ROW_ID,))
     recorded_before = len(pages(recorded(), "resolve"))
+    run_callback = dag_callback_ran(stack_env, ENERGY, "success")
     client.post(
         f"/api/v2/dags/{ENERGY}/dagRuns/{quoted(run_id)}/clear", {"dry_run": False, "only_failed": True}
     )
     assert client.wait_for_run(ENERGY, run_id, timeout=900)["state"] == "success"
-    got = settle(recorded, until=lambda g: len(pages(g, "resolve")) > recorded_before)
+    got = settle(recorded, lambda g: len(pages(g, "resolve")) > recorded_before, run_callback)
     assert triggers[0]["dedup_key"] in [r["dedup_key"] for r in pages(got, "resolve")]
 
 
@@ -337,12 +365,29 @@ def test_a_run_past_its_deadline_pages_while_it_is_still_running(
             time.sleep(3)
 
 
+def deadline_callback(stack_env: dict[str, str], dag_id: str, run_id: str) -> tuple[str | None, str | None]:
+    """(state, output) of the callback of a run's deadline, from the metadata database.
+
+    The API lists deadlines (and whether the scheduler marked them missed) but not their
+    callbacks; the triggerer records there whether the callback has run and what it returned.
+    """
+    url = stack_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace("+psycopg2", "")
+    with psycopg.connect(url, connect_timeout=10) as conn:
+        row = conn.execute(
+            """select c.state, c.output from deadline d join dag_run r on r.id = d.dagrun_id
+               join callback c on c.id = d.callback_id where r.dag_id = %s and r.run_id = %s""",
+            (dag_id, run_id),
+        ).fetchone()
+    return (row[0], row[1]) if row else (None, None)
+
+
 def test_a_run_that_failed_does_not_page_again_at_its_deadline(
-    client: AirflowClient, airbyte: httpx.Client, recorded: Callable[[], dict]
+    client: AirflowClient, airbyte: httpx.Client, stack_env: dict[str, str], recorded: Callable[[], dict]
 ) -> None:
-    # A logical date whose window's deadline (logical date + 1 day + 45 s) is 150 s from now.
+    # A logical date whose window's deadline (logical date + 1 day + 45 s) is FAILED_RUN_DEADLINE s
+    # from now: the run fails well before it (about 15 s on a quiet machine; asserted below).
     logical_date = (
-        datetime.now(UTC) + timedelta(seconds=150 - DEADLINE_SECONDS) - timedelta(days=1)
+        datetime.now(UTC) + timedelta(seconds=FAILED_RUN_DEADLINE - DEADLINE_SECONDS) - timedelta(days=1)
     ).replace(microsecond=0)
     airbyte.post(
         "/local/faults/fail-next-job", json={"connectionId": CONNECTION[ECOMMERCE], "message": FAILURE_CAUSE}
@@ -355,14 +400,18 @@ def test_a_run_that_failed_does_not_page_again_at_its_deadline(
     deadline_time = datetime.fromisoformat(deadline["deadline_time"])
     assert datetime.fromisoformat(run["end_date"]) < deadline_time, "the run must fail before its deadline"
 
-    while datetime.now(UTC) < deadline_time + timedelta(seconds=45):
-        time.sleep(5)
-    got = settle(recorded, seconds=5, until=lambda g: client.get(path)["deadlines"][0]["missed"])
+    # The scheduler marks the deadline missed and queues its callback; the triggerer runs it (and
+    # any page it sends) and records it done: only then is "no page" an answer.
+    give_up = deadline_time + timedelta(seconds=120)
+    while deadline_callback(stack_env, ECOMMERCE, run_id)[0] not in ("success", "failed"):
+        assert datetime.now(UTC) < give_up, ("deadline callback not run", client.get(path))
+        time.sleep(max(1.0, min(5.0, (deadline_time - datetime.now(UTC)).total_seconds())))
     assert client.get(path)["deadlines"][0]["missed"], "the scheduler did not handle the deadline"
-    time.sleep(20)  # the triggerer runs the callback after the scheduler marks it missed
+    state, output = deadline_callback(stack_env, ECOMMERCE, run_id)
+    assert state == "success", output
     got = recorded()
     deadline_pages = [e for e in pages(got, "trigger") if e["payload"].get("class") == "deadline_missed"]
-    assert deadline_pages == [], deadline_pages
+    assert deadline_pages == [], (deadline_pages, output)
     assert len(pages(got, "trigger")) == 1  # the failure's own page
 
 

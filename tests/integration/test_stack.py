@@ -191,17 +191,6 @@ def test_down_leaves_nothing_and_up_again_keeps_data(home: Path) -> None:
         assert conn.execute("select id from keep_me").fetchall() == [(42,)]
 
 
-def test_stale_pid_file_is_reported_and_replaced(home: Path) -> None:
-    runner(home, "down")
-    pid_file = home / "run" / "airflow-triggerer.pid"
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text("999999 0")
-    status = runner(home, "status")
-    assert "airflow-triggerer: stale pid file" in status.stdout
-    assert "pid 999999 is not running" in status.stdout
-    assert not pid_file.exists()
-
-
 SERVICES = (
     "airflow-scheduler",
     "airflow-triggerer",
@@ -214,34 +203,91 @@ SERVICES = (
 )
 
 
+# Services killed together in one round: none needs another of its round to start, so each restarts
+# as if it alone had died. Postgres goes alone: the Airflow components restart with it.
+KILL_ROUNDS = (
+    ("airflow-scheduler", "airflow-triggerer", "airbyte", "meter-api"),
+    ("airflow-dag-processor", "airflow-api-server", "alert-receivers"),
+    ("postgres",),
+)
+
+
+def owners(home: Path) -> dict[int, str]:
+    """Each of our processes -> the service it descends from (the service's process itself included)."""
+    services = {pid: name for name, pid in service_pids(home).items()}
+    found = {}
+    for pid in ours(home):
+        owner = next((services[p] for p in ancestors(pid) if p in services), None)
+        if owner:
+            found[pid] = owner
+    return found
+
+
+def port_owners(home: Path) -> dict[tuple[str, int], str]:
+    """(address, port) listened on -> the service whose process (or child) listens there."""
+    return {listener: service for pid, service in owners(home).items() for listener in listeners([pid])}
+
+
 def test_up_after_sigkill_of_any_service_leaves_no_orphans(home: Path) -> None:
     assert runner(home, "up").returncode == 0
-    time.sleep(10)  # let services spawn their children (api-server workers, executors)
-    baseline = listeners(ours(home))
-    assert baseline and {address for address, _ in baseline} <= LOOPBACK, baseline
-    for service in SERVICES:
-        pids = service_pids(home)
-        if service not in pids:
-            continue
-        os.kill(pids[service], signal.SIGKILL)
+    assert {s for r in KILL_ROUNDS for s in r} == set(SERVICES)
+    # Services spawn children after they report healthy (api-server workers): the baseline is what
+    # listens once every service's port does and the set has not changed for three polls.
+    expected = {int(port) for port in PORTS.values()}
+    seen = [listeners(ours(home))]
+    deadline = time.monotonic() + 60
+    while not ({p for _, p in seen[-1]} >= expected and seen[-3:] == [seen[-1]] * 3):
+        assert time.monotonic() < deadline, f"listening {sorted(seen[-1])}, expected ports {sorted(expected)}"
         time.sleep(2)
+        seen.append(listeners(ours(home)))
+    baseline, baseline_owners = seen[-1], port_owners(home)
+    assert baseline and {address for address, _ in baseline} <= LOOPBACK, baseline
+    for services in KILL_ROUNDS:
+        pids = service_pids(home)
+        before = owners(home)  # to name the service an orphan was left behind by
+        killed = [pids[s] for s in services if s in pids]
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(is_running(p) for p in killed) and time.monotonic() < deadline:
+            time.sleep(0.2)
         up = runner(home, "up")
-        assert up.returncode == 0, f"up after killing {service}:\n{up.stdout}{up.stderr}"
+        assert up.returncode == 0, f"up after killing {services}:\n{up.stdout}{up.stderr}"
         # A service that lost its database (postgres killed) restarts on its own; give each
         # listener up to a minute to come back before comparing.
         deadline = time.monotonic() + 60
         while True:
             live = set(service_pids(home).values())
-            orphans = [p for p in ours(home) if not ancestors(p) & live]
+            orphans = {p: before.get(p, "?") for p in ours(home) if not ancestors(p) & live}
             ports = listeners(ours(home))
-            if (orphans == [] and ports == baseline) or time.monotonic() > deadline:
+            if (not orphans and ports == baseline) or time.monotonic() > deadline:
                 break
             time.sleep(2)
-        assert orphans == [], f"after killing {service}: orphans {orphans}"
-        assert {address for address, _ in ports} <= LOOPBACK, (service, ports)
+        assert orphans == {}, f"after killing {services}: orphans (pid: left by) {orphans}"
+        assert {address for address, _ in ports} <= LOOPBACK, (services, ports)
         assert ports == baseline, (
-            f"after killing {service}: listening {sorted(ports)}, before {sorted(baseline)}"
+            f"after killing {services}: missing "
+            f"{sorted((p, baseline_owners.get(p, '?')) for p in baseline - ports)}, new {sorted(ports - baseline)}"
         )
+
+
+def is_running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_stale_pid_file_is_reported_and_replaced(home: Path) -> None:
+    runner(home, "down")
+    pid_file = home / "run" / "airflow-triggerer.pid"
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text("999999 0")
+    status = runner(home, "status")
+    assert "airflow-triggerer: stale pid file" in status.stdout
+    assert "pid 999999 is not running" in status.stdout
+    assert not pid_file.exists()
 
 
 def test_celery_executor_runs_a_pipeline_on_worker_processes(home: Path) -> None:
