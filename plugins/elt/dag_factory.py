@@ -12,10 +12,16 @@ from pathlib import Path
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, TaskGroup
 
-from elt import alerting, paths
+from elt import alerting, paths, render_cache
 from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.assets import raw_table_asset
-from elt.dbt import TEMPLATE_MACROS, dbt_task_group, rebuild_params, source_freshness_task
+from elt.dbt import (
+    TEMPLATE_MACROS,
+    dbt_executable,
+    dbt_task_group,
+    rebuild_params,
+    source_freshness_task,
+)
 from elt.lineage import attach_lineage
 from elt.spec import PipelineSpec, check_environment, load_spec
 
@@ -69,8 +75,7 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
     ) as dag:
         syncs = [_airbyte_group(spec, c) for c in spec.airbyte.connections] if spec.airbyte else []
         if spec.dbt is not None:
-            dbt = dbt_task_group(spec)
-            attach_lineage(dbt)  # stream -> source -> model edges on the Assets page
+            dbt = dbt_group(spec)
             upstream = syncs
             if spec.dbt.freshness != "off":
                 freshness = source_freshness_task(spec)
@@ -78,6 +83,25 @@ def dag_from_spec(spec: PipelineSpec) -> DAG:
                 upstream = [freshness]
             upstream >> dbt
     return dag
+
+
+def dbt_group(spec: PipelineSpec) -> TaskGroup:
+    """Cosmos's task group of the spec's dbt selection with its asset lineage, rendered once per manifest."""
+
+    def render() -> TaskGroup:
+        group = dbt_task_group(spec)
+        attach_lineage(group)  # stream -> source -> model edges on the Assets page
+        return group
+
+    # Everything that render() reads besides the DAG (plain JSON: its key must not depend on the
+    # interpreter's hash seed): the spec's dbt part, and the dbt the producer runs, which follows
+    # the interpreter and PATH (an image's or another virtualenv's cache must not be loaded here).
+    inputs = {
+        "dbt": spec.dbt.model_dump(mode="json"),
+        "windowed": spec.windowed,
+        "dbt_executable": dbt_executable(),
+    }
+    return render_cache.cached_task_group(render, inputs)
 
 
 def _airbyte_group(spec: PipelineSpec, connection) -> TaskGroup:

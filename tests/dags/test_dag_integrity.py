@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -70,7 +71,9 @@ def test_asset_uris_match_cosmos_sources(
 def test_parsing_needs_nothing_but_airflow_home(tmp_path: Path) -> None:
     """Parse dags/ in a fresh interpreter with only AIRFLOW_HOME set (no metadata DB, Variables or
     connections), with settings a deployment might set that would make Cosmos touch the DB, and with
-    sockets and subprocesses raising."""
+    sockets and subprocesses raising. Twice, with an empty render cache (elt.render_cache) and then
+    the one the first parse wrote, in interpreters with different hash seeds: the second parse loads
+    the cached dbt task groups (no new cache file) and builds the same DAGs."""
     script = tmp_path / "parse.py"
     script.write_text(
         "import socket, subprocess, sys\n"
@@ -80,8 +83,10 @@ def test_parsing_needs_nothing_but_airflow_home(tmp_path: Path) -> None:
         "from airflow.dag_processing.dagbag import DagBag\n"
         f"bag = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
         "assert not bag.import_errors, bag.import_errors\n"
-        "print(sorted(bag.dag_ids))\n"
+        "dags = [bag.dags[d] for d in sorted(bag.dag_ids)]\n"
+        "print([(d.dag_id, sorted(d.task_dict), sorted(d.params), d.doc_md) for d in dags])\n"
     )
+    cache = tmp_path / "render-cache"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),
@@ -91,11 +96,22 @@ def test_parsing_needs_nothing_but_airflow_home(tmp_path: Path) -> None:
         "AIRFLOW__COSMOS__ENABLE_CACHE": "True",
         "AIRFLOW__COSMOS__ENABLE_CACHE_DBT_YAML_SELECTORS": "True",
         "AIRFLOW__COSMOS__ENABLE_CACHE_DBT_LS": "True",
+        # An empty cache of our own, not the repository's (include/dbt/target/elt_render_cache):
+        "ELT_RENDER_CACHE_DIR": str(cache),
     }
-    result = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.stem for p in spec_files()) == json.loads(
-        result.stdout.strip().splitlines()[-1].replace("'", '"')
-    )
+    parses, files = [], []
+    for seed in ("1", "2"):
+        result = subprocess.run(
+            [sys.executable, str(script)],
+            env={**env, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        parses.append(result.stdout.strip().splitlines()[-1])
+        files.append(sorted(p.name for p in cache.glob("*.pickle")))
+    dags = [name for name, *_ in ast.literal_eval(parses[0])]
+    assert sorted(p.stem for p in spec_files()) == dags
+    assert parses[1] == parses[0]
+    assert len(files[0]) == len(dags) and files[1] == files[0]
