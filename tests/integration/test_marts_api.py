@@ -1,15 +1,16 @@
 """The energy marts API served by the running api-server (/energy), against the real marts tables.
 
-The `energy_marts` fixture needs real data: an existing successful `energy_meters` run, or one it
-triggers and waits for (ELT_MARTS_RUN_TIMEOUT seconds, default 1800). When that run does not
-succeed the tests fail: they never create or fill a mart themselves.
+The `energy_marts` fixture needs real data: a successful `energy_meters` run of MARTS_DAY (a day no
+other module runs), existing or triggered and waited for (ELT_MARTS_RUN_TIMEOUT seconds, default
+1800). It does not rely on other modules' runs: make test runs modules on several stacks at once.
+When that run does not succeed the tests fail: they never create or fill a mart themselves.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ import psycopg
 import pytest
 
 from dev.airflow_client import AirflowClient
+from tests.integration.pipeline_runs import run_dag
 
 pytestmark = pytest.mark.stack
 
@@ -24,25 +26,19 @@ DAG_ID = "energy_meters"
 IMPORT_MUID = "95ce3367-cbce-4a4d-bbe3-da082831d7bd"
 EXPORT_MUID = "1db7649e-9342-4e04-97c7-f0ebb88ed1f8"
 RUN_TIMEOUT = float(os.environ.get("ELT_MARTS_RUN_TIMEOUT", "1800"))
+MARTS_DAY = datetime(2023, 2, 20, tzinfo=UTC)
 
 
 def _successful_run(airflow: AirflowClient) -> dict | None:
-    runs = airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns?state=success&order_by=-end_date&limit=1")["dag_runs"]
-    return runs[0] if runs else None
+    runs = airflow.get(f"/api/v2/dags/{DAG_ID}/dagRuns?state=success&limit=200")["dag_runs"]
+    return next((r for r in runs if (r["logical_date"] or "")[:10] == MARTS_DAY.date().isoformat()), None)
 
 
 @pytest.fixture(scope="session")
 def energy_marts(stack: dict[str, str], airflow: AirflowClient) -> str:
-    """The dag_run_id of a successful energy_meters run whose marts the API serves."""
+    """The dag_run_id of a successful energy_meters run of MARTS_DAY, whose marts the API serves."""
     airflow.wait_for_dags([DAG_ID])
-    run = _successful_run(airflow)
-    if run is None:
-        airflow.unpause(DAG_ID)
-        run_id = airflow.trigger(DAG_ID)
-        try:
-            run = airflow.wait_for_run(DAG_ID, run_id, timeout=RUN_TIMEOUT)
-        except TimeoutError:
-            run = airflow.run(DAG_ID, run_id)
+    run = _successful_run(airflow) or run_dag(airflow, DAG_ID, logical_date=MARTS_DAY, timeout=RUN_TIMEOUT)
     if run["state"] != "success":
         pytest.fail(f"{DAG_ID} run {run['dag_run_id']} ended {run['state']}: no marts to serve")
     return run["dag_run_id"]
