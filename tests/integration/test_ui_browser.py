@@ -271,8 +271,9 @@ def test_assets_page_shows_stream_to_staging_to_marts_edges(ui: UI, airflow: Air
         consumed = {t["task_id"] for t in asset["consuming_tasks"]}
         assert producers <= produced, (table, produced)
         assert consumers <= consumed, (table, consumed)
-        ui.open(f"/assets/{asset['id']}", "Consuming Tasks")
-        assert asset["uri"] in ui.body()
+        # The page's labels render before the asset's details: wait for the asset's own URI.
+        ui.open(f"/assets/{asset['id']}", asset["uri"])
+        assert asset["uri"] in ui.body() and "Consuming Tasks" in ui.body()
         ui.shot(f"13-asset-{table.replace('/', '-')}")
 
 
