@@ -54,8 +54,14 @@ _ENV_PREFIXES = ("AIRFLOW__", "AIRFLOW_CONN_", "ELT_")
 KEEP_PER_DAG = 4  # files kept per DAG id: processes whose keys differ do not evict each other at once
 
 
+_ON, _OFF = ("on", "1", "true", "yes"), ("off", "0", "false", "no")
+
+
 def enabled() -> bool:
-    return os.environ.get("ELT_RENDER_CACHE", "on").lower() not in ("off", "0", "false", "no")
+    value = os.environ.get("ELT_RENDER_CACHE", "on").strip().lower()
+    if value not in _ON + _OFF:
+        raise ValueError(f"ELT_RENDER_CACHE={value!r}: expected on or off")
+    return value in _ON
 
 
 def cache_dir() -> Path:

@@ -223,3 +223,11 @@ def test_sets_in_the_key_are_pickled_in_a_fixed_order() -> None:
         render_cache._KeyPickler(buffer, protocol=5).dump({"args": value})
         dumped.append(buffer.getvalue())
     assert dumped[0] == dumped[1]
+
+
+def test_a_misspelt_switch_is_an_error_naming_it(monkeypatch) -> None:
+    monkeypatch.setenv("ELT_RENDER_CACHE", "of")
+    with pytest.raises(ValueError, match="ELT_RENDER_CACHE='of': expected on or off"):
+        render_cache.enabled()
+    monkeypatch.setenv("ELT_RENDER_CACHE", "OFF")
+    assert render_cache.enabled() is False
