@@ -82,7 +82,10 @@ def stack() -> dict[str, str]:
     a stack that was already up is left running. Under xdist, each worker has its own stack.
     """
     python = sys.executable
-    run_env = {**os.environ, **worker_stack_settings()}
+    # No cron-scheduled runs on a stack the tests start: unpausing a catchup=False DAG would
+    # start a run of its latest interval (a real sync and dbt build nobody checks) beside the
+    # tests' own runs. Manual runs and backfills run as usual.
+    run_env = {**os.environ, **worker_stack_settings(), "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"}
     already_up = (
         subprocess.run(
             [python, "-m", "dev.stack", "status"], cwd=REPO, env=run_env, capture_output=True

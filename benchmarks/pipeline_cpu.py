@@ -1,0 +1,114 @@
+"""CPU seconds one pipeline run costs on the live stack (`make up` first), by component.
+
+    .venv/bin/python benchmarks/pipeline_cpu.py energy_meters [--logical-date 2023-03-06] [--runs 2]
+
+On 2 cores the integration tests are CPU-bound (their wall time is about the stack's CPU time
+divided by two), so this is the number that sets how long a pipeline scenario takes there.
+Triggers runs through the scheduler one after another; for each prints the machine's CPU time
+(/proc/stat) and the stack's processes' CPU, grouped by the service they belong to (a process's
+reaped children count for it: task runners under the executor, dbt under its task).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
+
+from dev.airflow_client import AirflowClient  # noqa: E402
+from tests.conftest import read_stack_env  # noqa: E402
+
+HZ = os.sysconf("SC_CLK_TCK")
+COMPONENTS = (
+    ("airflow worker -- ", "executor + task runners"),
+    ("airflow scheduler", "scheduler"),
+    ("airflow dag-processor", "dag-processor"),
+    ("airflow triggerer", "triggerer"),
+    ("api_server", "api-server"),
+    ("airflow api-server", "api-server"),
+    ("dev.airbyte_server", "local Airbyte"),
+    ("dev.meter_api", "meter API"),
+    ("dev.receivers", "alert receivers"),
+    ("postgres", "postgres"),
+)
+
+
+def machine_cpu() -> float:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system = (int(v) for v in fields[:3])
+    return (user + nice + system) / HZ
+
+
+def stack_processes(home: str) -> dict[int, tuple[str, int, float]]:
+    """pid -> (component, parent pid, own + reaped children's CPU seconds) of the stack's processes."""
+    marker = f"ELT_STACK_HOME={home}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes()
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if marker not in environ.split(b"\0") and "postgres" not in cmd:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        cpu = sum(int(v) for v in fields[11:15]) / HZ
+        component = next((name for key, name in COMPONENTS if key in cmd), None)
+        found[int(entry.name)] = (component or "", int(fields[1]), cpu)
+    return found
+
+
+def by_component(procs: dict[int, tuple[str, int, float]]) -> dict[str, float]:
+    """CPU per component; a process without one of its own counts for its nearest parent's."""
+    totals: dict[str, float] = {}
+    for component, parent, cpu in procs.values():
+        while not component and parent in procs:
+            component, parent = procs[parent][0], procs[parent][1]
+        totals[component or "other"] = totals.get(component or "other", 0.0) + cpu
+    return totals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("dag_id")
+    parser.add_argument("--logical-date", default="2023-03-06")
+    parser.add_argument("--runs", type=int, default=1)
+    args = parser.parse_args()
+    home = str(Path(os.environ.get("STACK_HOME", REPO / ".local")).resolve())
+    env = read_stack_env(Path(home) / "stack.env")
+    client = AirflowClient.from_env(env)
+    client.unpause(args.dag_id)
+    first = datetime.fromisoformat(args.logical_date).replace(tzinfo=UTC)
+    for n in range(args.runs):
+        time.sleep(10)  # let the previous run's tail (callbacks, trigger cleanup) pass
+        before, procs_before, started = machine_cpu(), stack_processes(home), time.monotonic()
+        run_id = client.trigger(args.dag_id, logical_date=first + timedelta(days=n))
+        run = client.wait_for_run(args.dag_id, run_id, timeout=1800)
+        wall = time.monotonic() - started
+        after, procs_after = machine_cpu(), stack_processes(home)
+        # Only processes alive at both ends are compared; the CPU of those that ended is in their
+        # parents' reaped-children time. (A process started and still running counts in full.)
+        delta = {
+            pid: (comp, parent, cpu - procs_before.get(pid, ("", 0, 0.0))[2])
+            for pid, (comp, parent, cpu) in procs_after.items()
+        }
+        totals = by_component(delta)
+        print(
+            f"{args.dag_id} {run_id}: {run['state']} in {wall:.1f} s wall; machine CPU {after - before:.1f} s, "
+            f"stack {sum(totals.values()):.1f} s:"
+        )
+        for name, cpu in sorted(totals.items(), key=lambda item: -item[1]):
+            print(f"  {cpu:7.1f} s  {name}")
+
+
+if __name__ == "__main__":
+    main()
