@@ -190,9 +190,18 @@ def test_triggered_run_succeeds_in_the_grid(ui: UI, ui_run: dict, airflow: Airfl
 
 
 def test_dbt_group_opens_in_the_grid(ui: UI, ui_run: dict) -> None:
-    ui.open(_run_path(ui_run), "dbt")
-    ui.page.get_by_text("dbt", exact=True).first.click()
-    ui.page.get_by_text(re.compile(r"fct_energy_daily")).first.wait_for()
+    # Once (seen in 1 of 3 CI runs, load ~10) the model rows had not appeared 90 s after the
+    # click: the page is shot, opened again and the group clicked once more before it fails.
+    for attempt in (1, 2):
+        ui.open(_run_path(ui_run), "dbt")
+        ui.page.get_by_text("dbt", exact=True).first.click()
+        try:
+            ui.page.get_by_text(re.compile(r"fct_energy_daily")).first.wait_for(timeout=45_000)
+            break
+        except Exception:
+            ui.shot(f"failed-08-dbt-group-{attempt}")
+            if attempt == 2:
+                raise
     ui.shot("08-dbt-group")
 
 
