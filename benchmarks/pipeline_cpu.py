@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
 
 from dev.airflow_client import AirflowClient  # noqa: E402
+from dev.stack import procs  # noqa: E402 (the stack's own test of "started by this stack")
 from tests.conftest import read_stack_env  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
@@ -45,20 +46,16 @@ def machine_cpu() -> float:
     return (user + nice + system) / HZ
 
 
-def stack_processes(home: str) -> dict[int, tuple[str, int, float]]:
+def stack_processes() -> dict[int, tuple[str, int, float]]:
     """pid -> (component, parent pid, own + reaped children's CPU seconds) of the stack's processes."""
-    marker = f"ELT_STACK_HOME={home}".encode()
     found = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        if not entry.name.isdigit() or not procs.is_ours(int(entry.name)):
             continue
         try:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            environ = (entry / "environ").read_bytes()
             stat = (entry / "stat").read_text()
         except OSError:
-            continue
-        if marker not in environ.split(b"\0") and "postgres" not in cmd:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()
         cpu = sum(int(v) for v in fields[11:15]) / HZ
@@ -83,18 +80,17 @@ def main() -> None:
     parser.add_argument("--logical-date", default="2023-03-06")
     parser.add_argument("--runs", type=int, default=1)
     args = parser.parse_args()
-    home = str(Path(os.environ.get("STACK_HOME", REPO / ".local")).resolve())
-    env = read_stack_env(Path(home) / "stack.env")
+    env = read_stack_env(procs.LOCAL / "stack.env")
     client = AirflowClient.from_env(env)
     client.unpause(args.dag_id)
     first = datetime.fromisoformat(args.logical_date).replace(tzinfo=UTC)
     for n in range(args.runs):
         time.sleep(10)  # let the previous run's tail (callbacks, trigger cleanup) pass
-        before, procs_before, started = machine_cpu(), stack_processes(home), time.monotonic()
+        before, procs_before, started = machine_cpu(), stack_processes(), time.monotonic()
         run_id = client.trigger(args.dag_id, logical_date=first + timedelta(days=n))
         run = client.wait_for_run(args.dag_id, run_id, timeout=1800)
         wall = time.monotonic() - started
-        after, procs_after = machine_cpu(), stack_processes(home)
+        after, procs_after = machine_cpu(), stack_processes()
         # Only processes alive at both ends are compared; the CPU of those that ended is in their
         # parents' reaped-children time. (A process started and still running counts in full.)
         delta = {

@@ -49,3 +49,19 @@ def test_importing_it_in_a_cli_process_imports_no_dag_code() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PLUGINS
     )
     assert out.stdout.split()[-2:] == ["True", "True"]
+
+
+def test_a_failing_pre_import_warns_and_lets_the_scheduler_start(tmp_path) -> None:
+    """A broken `elt` must not keep the scheduler from starting: its runners show the DAG's import error."""
+    (tmp_path / "elt").mkdir()
+    (tmp_path / "elt" / "__init__.py").write_text("")
+    (tmp_path / "elt" / "dag_factory.py").write_text("raise RuntimeError('broken on purpose')\n")
+    code = (
+        f"import sys; sys.path[:0] = [{str(tmp_path)!r}, {str(PLUGINS)!r}]; sys.argv = ['airflow', 'scheduler']; "
+        "import airflow_local_settings; print('started')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1:] == ["started"]
+    assert "pre-import of elt.dag_factory failed" in out.stdout + out.stderr
+    assert "RuntimeError: broken on purpose" in out.stdout + out.stderr
