@@ -23,6 +23,7 @@ from cosmos.profiles import PostgresUserPasswordProfileMapping
 
 from elt import paths
 from elt.spec import PipelineSpec
+from elt.watcher import make_clear_aware
 
 PROJECT_NAME = paths.DBT_PROJECT_NAME
 TARGET_SCHEMA = "analytics"
@@ -195,6 +196,7 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
     if watcher:
         order_multi_parent_tests(group)
         for task in group.iter_tasks():
+            make_clear_aware(task)  # a cleared run runs the producer's `dbt build` again
             if isinstance(task, BaseConsumerSensor):
                 task.poke_interval = WATCHER_POKE_SECONDS
     return group

@@ -1,0 +1,136 @@
+"""Cosmos's watcher tasks, told a cleared run from a retry.
+
+Cosmos skips its producer on every attempt after the first (a retry must not run a second
+`dbt build`), and each model task then runs its own dbt. Clearing a run (Clear in the UI, a
+backfill that reprocesses) also starts attempt 2, so a cleared run rebuilt its models one dbt
+invocation each: twelve for energy_meters instead of one `dbt build`. Worse, a model task of a
+cleared run could report its model's result from before the clear: Airflow deletes the producer's
+XComs only when the producer's next attempt starts, and a model task polling before that found
+the old result (and the producer, skipped, rebuilt nothing).
+
+Here the first attempt after a clear, by Airflow's own rule (try_number == max_tries - retries + 1,
+as in `RuntimeTaskInstance.get_first_reschedule_date`), is treated as a first attempt:
+- the producer records the run's `clear_number`, then runs `dbt build`;
+- a model task waits, rescheduled (no worker slot held), until the producer's attempt of this
+  clear has recorded it, then watches that attempt. If the producer ended without running in this
+  clear (only the model task was cleared, or the producer's retry was skipped), the model task
+  keeps Cosmos's behaviour and runs its own dbt.
+Automatic retries are unchanged. A fix that belongs in Cosmos; kept here as small subclasses.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowRescheduleException
+from cosmos.operators._watcher.state import is_producer_task_terminated
+from cosmos.operators.watcher import (
+    DbtProducerWatcherOperator,
+    DbtRunWatcherOperator,
+    DbtSeedWatcherOperator,
+    DbtSnapshotWatcherOperator,
+    DbtSourceWatcherOperator,
+    DbtTestWatcherOperator,
+)
+
+# XCom of the producer: the dag run's clear_number its running attempt belongs to.
+CLEAR_NUMBER_KEY = "elt_producer_clear_number"
+
+
+def first_attempt_since_clear(ti: Any, retries: int | None) -> bool:
+    """Attempt 1 of a run, or the first attempt after the task was cleared (not a retry)."""
+    return ti.try_number == ti.max_tries - (retries or 0) + 1
+
+
+def clear_number(context: Any) -> int:
+    return int(getattr(context["dag_run"], "clear_number", 0) or 0)
+
+
+class _FirstTry:
+    """The task instance as Cosmos should see it: attempt 1; everything else is the real one."""
+
+    try_number = 1
+
+    def __init__(self, ti: Any) -> None:
+        object.__setattr__(self, "_ti", ti)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ti, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._ti, name, value)
+
+
+def as_first_try(context: Any) -> Any:
+    ti = _FirstTry(context["ti"])
+    return {**context, "ti": ti, "task_instance": ti}
+
+
+def _cleared(context: Any, retries: int | None) -> bool:
+    ti = context["ti"]
+    return ti.try_number > 1 and first_attempt_since_clear(ti, retries)
+
+
+class ProducerWatcher(DbtProducerWatcherOperator):
+    def execute(self, context: Any, **kwargs: Any) -> Any:
+        ti = context["ti"]
+        if not first_attempt_since_clear(ti, self.retries):
+            return super().execute(context, **kwargs)  # a retry: Cosmos skips it
+        ti.xcom_push(key=CLEAR_NUMBER_KEY, value=clear_number(context))
+        return super().execute(as_first_try(context) if ti.try_number > 1 else context, **kwargs)
+
+
+class _ClearAwareConsumer:
+    """Mixed in before a Cosmos consumer class (a model's run or test task)."""
+
+    producer_task_id: str
+    poke_interval: float
+    retries: int | None
+
+    def execute(self, context: Any, **kwargs: Any) -> Any:
+        if _cleared(context, self.retries):
+            recorded = context["ti"].xcom_pull(task_ids=self.producer_task_id, key=CLEAR_NUMBER_KEY)
+            if recorded == clear_number(context):
+                return super().execute(as_first_try(context), **kwargs)  # type: ignore[misc]
+            if not is_producer_task_terminated(self._get_producer_task_status(context)):  # type: ignore[attr-defined]
+                # Its attempt of this clear has not started: what its XComs hold is from before.
+                raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=self.poke_interval))
+        return super().execute(context, **kwargs)  # type: ignore[misc]
+
+
+class RunWatcher(_ClearAwareConsumer, DbtRunWatcherOperator):
+    pass
+
+
+class TestWatcher(_ClearAwareConsumer, DbtTestWatcherOperator):
+    __test__ = False
+
+
+class SeedWatcher(_ClearAwareConsumer, DbtSeedWatcherOperator):
+    pass
+
+
+class SnapshotWatcher(_ClearAwareConsumer, DbtSnapshotWatcherOperator):
+    pass
+
+
+class SourceWatcher(_ClearAwareConsumer, DbtSourceWatcherOperator):
+    pass
+
+
+CLEAR_AWARE: dict[type, type] = {
+    DbtProducerWatcherOperator: ProducerWatcher,
+    DbtRunWatcherOperator: RunWatcher,
+    DbtTestWatcherOperator: TestWatcher,
+    DbtSeedWatcherOperator: SeedWatcher,
+    DbtSnapshotWatcherOperator: SnapshotWatcher,
+    DbtSourceWatcherOperator: SourceWatcher,
+}
+
+
+def make_clear_aware(task: Any) -> None:
+    """Give a task Cosmos rendered its clear-aware class (same state, same arguments)."""
+    cls = CLEAR_AWARE.get(type(task))
+    if cls is not None:
+        task.__class__ = cls
