@@ -54,6 +54,9 @@ class AirflowClient:
     def patch(self, path: str, payload: Any) -> Any:
         return self._request("PATCH", path, payload)
 
+    def delete(self, path: str) -> Any:
+        return self._request("DELETE", path)
+
     def import_errors(self) -> list[dict[str, Any]]:
         return self.get("/api/v2/importErrors")["import_errors"]
 

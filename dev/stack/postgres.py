@@ -140,11 +140,16 @@ def start(pg: Postgres, env: dict[str, str]) -> None:
             return
         with log.open(errors="replace") as f:
             f.seek(logged)
-            busy = "Address already in use" in f.read()
+            logged_now = f.read()
+        busy = "Address already in use" in logged_now
         if not busy or attempt == 4:
             break
         time.sleep(3)
-    raise procs.StackError(f"Postgres did not start:\n{result.stdout}{result.stderr}\nsee {log}")
+    # The log's own lines name the cause (a test's stack home may be gone by the time anyone looks).
+    tail = "\n".join(logged_now.strip().splitlines()[-15:])
+    raise procs.StackError(
+        f"Postgres did not start:\n{result.stdout}{result.stderr}\n{log} ends with:\n{tail}"
+    )
 
 
 def stop() -> bool:

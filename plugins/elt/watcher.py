@@ -12,9 +12,9 @@ Here the first attempt after a clear, by Airflow's own rule (try_number == max_t
 as in `RuntimeTaskInstance.get_first_reschedule_date`), is treated as a first attempt:
 - the producer records the run's `clear_number`, then runs `dbt build`;
 - a model task waits, rescheduled (no worker slot held), until the producer's attempt of this
-  clear has recorded it, then watches that attempt. If the producer ended without running in this
-  clear (only the model task was cleared, or the producer's retry was skipped), the model task
-  keeps Cosmos's behaviour and runs its own dbt.
+  clear has recorded it, then watches that attempt (poking in its worker, not deferred). If the
+  producer ended without running in this clear (only the model task was cleared, or the
+  producer's retry was skipped), the model task keeps Cosmos's behaviour and runs its own dbt.
 Automatic retries are unchanged. A fix that belongs in Cosmos; kept here as small subclasses.
 """
 
@@ -87,12 +87,20 @@ class _ClearAwareConsumer:
     producer_task_id: str
     poke_interval: float
     retries: int | None
+    deferrable: bool
 
     def execute(self, context: Any, **kwargs: Any) -> Any:
         if _cleared(context, self.retries):
             recorded = context["ti"].xcom_pull(task_ids=self.producer_task_id, key=CLEAR_NUMBER_KEY)
             if recorded == clear_number(context):
-                return super().execute(as_first_try(context), **kwargs)  # type: ignore[misc]
+                # Watch in this process: the producer may report this model within seconds, and a
+                # trigger firing that soon after its task deferred can meet the scheduler's stale
+                # "success" of the deferral and fail the task (apache/airflow#67287).
+                deferrable, self.deferrable = self.deferrable, False
+                try:
+                    return super().execute(as_first_try(context), **kwargs)  # type: ignore[misc]
+                finally:
+                    self.deferrable = deferrable
             if not is_producer_task_terminated(self._get_producer_task_status(context)):  # type: ignore[attr-defined]
                 # Its attempt of this clear has not started: what its XComs hold is from before.
                 raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=self.poke_interval))

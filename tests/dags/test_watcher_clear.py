@@ -59,13 +59,19 @@ def tasks(dagbag):
     }
 
 
+deferred: list[bool] = []
+
+
 @pytest.fixture
 def shown(monkeypatch) -> list[int]:
-    """The try_number Cosmos's execute was shown, per call."""
+    """The try_number Cosmos's execute was shown, per call (and `deferred`: whether it may defer)."""
+    deferred.clear()
     seen: list[int] = []
 
     def record(self, context, **kwargs):
         seen.append(context["ti"].try_number)
+        if isinstance(self, BaseConsumerSensor):
+            deferred.append(self.deferrable)
 
     monkeypatch.setattr(DbtProducerWatcherOperator, "execute", record)
     monkeypatch.setattr(BaseConsumerSensor, "execute", record)
@@ -108,6 +114,7 @@ def test_a_cleared_model_task_watches_the_producers_attempt_of_this_clear(tasks,
     ti = FakeTI(try_number, max_tries, {(PRODUCER, CLEAR_NUMBER_KEY): clears})
     consumer.execute(context(ti, clears))
     assert shown == [1]
+    assert deferred == [False]  # pokes in its worker: no trigger firing seconds after a deferral
 
 
 @pytest.mark.parametrize("producer_state", [None, "scheduled", "queued", "running", "up_for_retry"])
@@ -136,9 +143,11 @@ def test_a_model_task_cleared_alone_keeps_cosmos_fallback(tasks, shown, monkeypa
     assert shown == [try_number]
 
 
+@pytest.mark.parametrize("task", ["run", "test"])
 @pytest.mark.parametrize("history", ["", "r", "cr"])
-def test_first_attempts_and_retries_of_model_tasks_are_cosmos_own(tasks, shown, history) -> None:
-    consumer = tasks["test"]
+def test_first_attempts_and_retries_of_model_tasks_are_cosmos_own(tasks, shown, task, history) -> None:
+    consumer = tasks[task]
     try_number, max_tries, clears = attempt(consumer.retries, history)
     consumer.execute(context(FakeTI(try_number, max_tries), clears))
     assert shown == [try_number]
+    assert deferred == [True]  # Cosmos's deferrable watch
