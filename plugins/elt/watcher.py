@@ -15,7 +15,10 @@ as in `RuntimeTaskInstance.get_first_reschedule_date`), is treated as a first at
   clear has recorded it, then watches that attempt (poking in its worker, not deferred). If the
   producer ended without running in this clear (only the model task was cleared, or the
   producer's retry was skipped), the model task keeps Cosmos's behaviour and runs its own dbt.
-Automatic retries are unchanged. A fix that belongs in Cosmos; kept here as small subclasses.
+Automatic retries are unchanged. A clear is told by the run's clear_number, which every clear
+from the UI, the CLI or the REST API adds one to (unless the API is asked for reset_dag_runs=false:
+then a cleared model task reads the producer's last results). A fix that belongs in Cosmos; kept
+here as small subclasses.
 """
 
 from __future__ import annotations
