@@ -1,6 +1,8 @@
 """CPU seconds one pipeline run costs on the live stack (`make up` first), by component.
 
     .venv/bin/python benchmarks/pipeline_cpu.py energy_meters [--logical-date 2023-03-06] [--runs 2]
+    .venv/bin/python benchmarks/pipeline_cpu.py energy_meters --clear   # and the run cleared, rerun
+    .venv/bin/python benchmarks/pipeline_cpu.py --idle 120   # what the stack costs doing nothing
 
 On 2 cores the integration tests are CPU-bound (their wall time is about the stack's CPU time
 divided by two), so this is the number that sets how long a pipeline scenario takes there.
@@ -74,12 +76,34 @@ def by_component(procs: dict[int, tuple[str, int, float]]) -> dict[str, float]:
     return totals
 
 
+def report(title: str, machine: float, procs_before: dict, procs_after: dict) -> None:
+    # Only processes alive at the end are compared; the CPU of those that ended is in their
+    # parents' reaped-children time. (A process started and still running counts in full.)
+    delta = {
+        pid: (comp, parent, cpu - procs_before.get(pid, ("", 0, 0.0))[2])
+        for pid, (comp, parent, cpu) in procs_after.items()
+    }
+    totals = by_component(delta)
+    print(f"{title}; machine CPU {machine:.1f} s, stack {sum(totals.values()):.1f} s:")
+    for name, cpu in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"  {cpu:7.1f} s  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("dag_id")
+    parser.add_argument("dag_id", nargs="?", help="the pipeline to run (not with --idle)")
     parser.add_argument("--logical-date", default="2023-03-06")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--clear", action="store_true", help="then clear each run and measure it again")
+    parser.add_argument("--idle", type=float, metavar="SECONDS", help="measure the stack idle instead")
     args = parser.parse_args()
+    if args.idle:
+        before, procs_before = machine_cpu(), stack_processes()
+        time.sleep(args.idle)
+        report(f"idle for {args.idle:.0f} s", machine_cpu() - before, procs_before, stack_processes())
+        return
+    if not args.dag_id:
+        parser.error("name a pipeline's DAG id, or --idle SECONDS")
     env = read_stack_env(procs.LOCAL / "stack.env")
     client = AirflowClient.from_env(env)
     client.unpause(args.dag_id)
@@ -90,20 +114,16 @@ def main() -> None:
         run_id = client.trigger(args.dag_id, logical_date=first + timedelta(days=n))
         run = client.wait_for_run(args.dag_id, run_id, timeout=1800)
         wall = time.monotonic() - started
-        after, procs_after = machine_cpu(), stack_processes()
-        # Only processes alive at both ends are compared; the CPU of those that ended is in their
-        # parents' reaped-children time. (A process started and still running counts in full.)
-        delta = {
-            pid: (comp, parent, cpu - procs_before.get(pid, ("", 0, 0.0))[2])
-            for pid, (comp, parent, cpu) in procs_after.items()
-        }
-        totals = by_component(delta)
-        print(
-            f"{args.dag_id} {run_id}: {run['state']} in {wall:.1f} s wall; machine CPU {after - before:.1f} s, "
-            f"stack {sum(totals.values()):.1f} s:"
-        )
-        for name, cpu in sorted(totals.items(), key=lambda item: -item[1]):
-            print(f"  {cpu:7.1f} s  {name}")
+        title = f"{args.dag_id} {run_id}: {run['state']} in {wall:.1f} s wall"
+        report(title, machine_cpu() - before, procs_before, stack_processes())
+        if args.clear:  # the whole run again, as the grid's "Clear run" (every task) does it
+            time.sleep(10)
+            before, procs_before, started = machine_cpu(), stack_processes(), time.monotonic()
+            body = {"dag_run_id": run_id, "dry_run": False, "only_failed": False, "reset_dag_runs": True}
+            client.post(f"/api/v2/dags/{args.dag_id}/clearTaskInstances", body)
+            run = client.wait_for_run(args.dag_id, run_id, timeout=1800)
+            title = f"  cleared: {run['state']} in {time.monotonic() - started:.1f} s wall"
+            report(title, machine_cpu() - before, procs_before, stack_processes())
 
 
 if __name__ == "__main__":
