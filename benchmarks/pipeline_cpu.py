@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--clear", action="store_true", help="then clear each run and measure it again")
     parser.add_argument("--idle", type=float, metavar="SECONDS", help="measure the stack idle instead")
     args = parser.parse_args()
+    if args.idle and args.dag_id:
+        parser.error("--idle measures the stack doing nothing: leave out the DAG id")
     if args.idle:
         before, procs_before = machine_cpu(), stack_processes()
         time.sleep(args.idle)
@@ -111,7 +113,16 @@ def main() -> None:
     for n in range(args.runs):
         time.sleep(10)  # let the previous run's tail (callbacks, trigger cleanup) pass
         before, procs_before, started = machine_cpu(), stack_processes(), time.monotonic()
-        run_id = client.trigger(args.dag_id, logical_date=first + timedelta(days=n))
+        logical_date = first + timedelta(days=n)
+        try:
+            run_id = client.trigger(args.dag_id, logical_date=logical_date)
+        except RuntimeError as err:
+            if "HTTP 409" not in str(err):
+                raise
+            sys.exit(
+                f"{args.dag_id} already has a run at {logical_date:%Y-%m-%d} on this stack: "
+                "pick a --logical-date (with --runs, a range of dates) it has not run"
+            )
         run = client.wait_for_run(args.dag_id, run_id, timeout=1800)
         wall = time.monotonic() - started
         title = f"{args.dag_id} {run_id}: {run['state']} in {wall:.1f} s wall"
