@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -173,9 +174,10 @@ def test_up_writes_a_usable_environment(home: Path) -> None:
         timeout=300,
     )
     assert listed.returncode == 0, listed.stderr[-2000:]
-    # Running `up` again while up is harmless.
+    # Running `up` again while up is harmless, and does not migrate a database already migrated.
     again = runner(home, "up")
     assert again.returncode == 0, again.stderr
+    assert "airflow db: at the revision of its last migrate" in again.stdout
 
 
 def test_down_leaves_nothing_and_up_again_keeps_data(home: Path) -> None:
@@ -184,8 +186,15 @@ def test_down_leaves_nothing_and_up_again_keeps_data(home: Path) -> None:
     assert our_processes(home) == []
     status = runner(home, "status")
     assert status.returncode == 1 and "stopped" in status.stdout
+    # As after an upgrade of Airflow: the last migrate was by another version, so `up` migrates.
+    marker = home / "airflow" / "db-migrated.json"
+    migrated = json.loads(marker.read_text())
+    assert [d for d in migrated["distributions"] if d.startswith("apache-airflow==")], migrated
+    marker.write_text(json.dumps({**migrated, "distributions": ["apache-airflow==3.0.0"]}))
     up = runner(home, "up")
     assert up.returncode == 0, up.stderr
+    assert "airflow db: at the revision" not in up.stdout
+    assert json.loads(marker.read_text()) == migrated
     env = read_stack_env(home / "stack.env")
     with psycopg.connect(env["WAREHOUSE_URL"], connect_timeout=5) as conn:
         assert conn.execute("select id from keep_me").fetchall() == [(42,)]

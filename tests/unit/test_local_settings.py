@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from airflow_local_settings import forks_task_runners
+from airflow_local_settings import forks_dag_code_runners
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 
@@ -21,7 +21,8 @@ PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
         (["airflow", "celery", "worker", "--concurrency", "4"], "CeleryExecutor", True),
         (["airflow", "celery", "flower"], "CeleryExecutor", False),
         (["airflow", "api-server"], "LocalExecutor", False),
-        (["airflow", "dag-processor"], "LocalExecutor", False),
+        (["airflow", "dag-processor"], "LocalExecutor", True),  # forks a parse per DAG file
+        (["airflow", "dag-processor"], "CeleryExecutor", True),
         (["airflow", "triggerer"], "LocalExecutor", False),
         (["airflow", "dags", "list"], "LocalExecutor", False),
         (["airflow", "tasks", "test", "scheduler"], "LocalExecutor", False),
@@ -29,8 +30,8 @@ PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
         ([], "LocalExecutor", False),
     ],
 )
-def test_only_processes_that_fork_task_runners_pre_import(argv, executor, expected) -> None:
-    assert forks_task_runners(argv, executor) is expected
+def test_only_processes_that_fork_dag_code_runners_pre_import(argv, executor, expected) -> None:
+    assert forks_dag_code_runners(argv, executor) is expected
 
 
 def test_importing_it_in_a_cli_process_imports_no_dag_code() -> None:
