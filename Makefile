@@ -59,8 +59,7 @@ demo: install ## start the stack, run every pipeline once through the scheduler,
 test: install lock-check browser ## the whole test suite (what CI runs), then compose-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not serial"
-	$(VENV)/bin/pytest -m serial
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 	@$(MAKE) --no-print-directory compose-test
 
 compose-test: $(VENV)/.installed | $(UV) ## build the images, run both pipelines on the compose deployment (private dockerd), tear down

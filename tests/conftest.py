@@ -37,6 +37,7 @@ LONGEST_MODULES_FIRST = [
     "test_stack_kills.py",
     "test_backfill.py",
     "test_pipelines_e2e.py",
+    "test_scaffold_in_a_copy.py",
     "test_energy_connector.py",
     "test_local_airbyte.py",
     "test_dbt_project.py",

@@ -25,7 +25,8 @@ from tests.fixtures.bookshop.server import AUTHORS, BOOKS
 from tests.integration.pipeline_runs import run_dag
 
 # It rewrites include/airbyte/workspace.yaml and recompiles the dbt manifest, which every stack on
-# this checkout reads: make test runs it alone, after the parallel tests.
+# this checkout reads: pytest leaves it out unless asked (`-m serial`); make test runs it in a copy
+# of the checkout (test_scaffold_in_a_copy.py).
 pytestmark = [pytest.mark.stack, pytest.mark.serial]
 
 REPO = Path(__file__).resolve().parents[2]
