@@ -68,7 +68,18 @@ def local_airbyte(stack: dict[str, str]) -> LocalAirbyte:
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_faults(local_airbyte: LocalAirbyte) -> Iterator[None]:
+def _no_leftover_faults(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tests on the shared stack start and end with no fault armed in its local Airbyte.
+
+    `pytest_plugins` registers this module for the whole session, so this runs for every test:
+    only those that use the shared stack (`stack`) touch it. Asking for `local_airbyte` here made
+    every test start its worker's shared stack, even unit tests and modules that run their own
+    (test_stack, test_stack_kills, test_alerting_e2e): an idle stack beside them all along.
+    """
+    if "stack" not in request.fixturenames:
+        yield
+        return
+    local_airbyte: LocalAirbyte = request.getfixturevalue("local_airbyte")
     local_airbyte.local("DELETE", "/faults")
     yield
     local_airbyte.local("DELETE", "/faults")
