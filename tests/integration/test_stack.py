@@ -31,6 +31,8 @@ PORTS = {
     "STACK_RECEIVERS_HTTP_PORT": "18027",
     "STACK_RECEIVERS_SMTP_PORT": "18028",
 }
+# The later tests restart the stack with Celery workers (and down it as one).
+CELERY = {"STACK_EXECUTOR": "celery", "STACK_REDIS_PORT": "18379"}
 REQUIRED_KEYS = {
     "AIRFLOW_HOME",
     "AIRFLOW__CORE__DAGS_FOLDER",
@@ -53,7 +55,7 @@ def home() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="elt-stack-test-"))
     path.chmod(0o755)
     yield path
-    runner(path, "down")  # whichever test ran last, nothing of this stack outlives the module
+    runner(path, "down", **CELERY)  # whichever test ran last, nothing of this stack outlives the module
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -180,26 +182,6 @@ def test_up_writes_a_usable_environment(home: Path) -> None:
     assert "airflow db: at the revision of its last migrate" in again.stdout
 
 
-def test_down_leaves_nothing_and_up_again_keeps_data(home: Path) -> None:
-    down = runner(home, "down")
-    assert down.returncode == 0, down.stderr
-    assert our_processes(home) == []
-    status = runner(home, "status")
-    assert status.returncode == 1 and "stopped" in status.stdout
-    # As after an upgrade of Airflow: the last migrate was by another version, so `up` migrates.
-    marker = home / "airflow" / "db-migrated.json"
-    migrated = json.loads(marker.read_text())
-    assert [d for d in migrated["distributions"] if d.startswith("apache-airflow==")], migrated
-    marker.write_text(json.dumps({**migrated, "distributions": ["apache-airflow==3.0.0"]}))
-    up = runner(home, "up")
-    assert up.returncode == 0, up.stderr
-    assert "airflow db: at the revision" not in up.stdout
-    assert json.loads(marker.read_text()) == migrated
-    env = read_stack_env(home / "stack.env")
-    with psycopg.connect(env["WAREHOUSE_URL"], connect_timeout=5) as conn:
-        assert conn.execute("select id from keep_me").fetchall() == [(42,)]
-
-
 SERVICES = (
     "airflow-scheduler",
     "airflow-triggerer",
@@ -238,7 +220,7 @@ def port_owners(home: Path) -> dict[tuple[str, int], str]:
 
 
 def test_up_after_sigkill_of_any_service_leaves_no_orphans(home: Path) -> None:
-    if runner(home, "status").returncode != 0:  # test_down left it up: no `up` (and db migrate) needed
+    if runner(home, "status").returncode != 0:  # run alone: test_up_writes_a_usable_environment left it up
         assert runner(home, "up").returncode == 0
     assert {s for r in KILL_ROUNDS for s in r} == set(SERVICES)
     # Services spawn children after they report healthy (api-server workers): the baseline is what
@@ -289,22 +271,34 @@ def is_running(pid: int) -> bool:
         return False
 
 
-def test_stale_pid_file_is_reported_and_replaced(home: Path) -> None:
-    runner(home, "down")
-    pid_file = home / "run" / "airflow-triggerer.pid"
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    pid_file.write_text("999999 0")
+def test_down_leaves_nothing_and_up_again_keeps_data(home: Path) -> None:
+    """Down, then up again, this time with STACK_EXECUTOR=celery (one restart serves both tests)."""
+    down = runner(home, "down")
+    assert down.returncode == 0, down.stderr
+    assert our_processes(home) == []
     status = runner(home, "status")
-    assert "airflow-triggerer: stale pid file" in status.stdout
-    assert "pid 999999 is not running" in status.stdout
-    assert not pid_file.exists()
+    assert status.returncode == 1 and "stopped" in status.stdout
+    # As after an upgrade of Airflow: the last migrate was by another version, so `up` migrates.
+    marker = home / "airflow" / "db-migrated.json"
+    migrated = json.loads(marker.read_text())
+    assert [d for d in migrated["distributions"] if d.startswith("apache-airflow==")], migrated
+    marker.write_text(json.dumps({**migrated, "distributions": ["apache-airflow==3.0.0"]}))
+    up = runner(home, "up", **CELERY, ENERGY_END_DATE="2023-02-28")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "airflow db: at the revision" not in up.stdout
+    assert json.loads(marker.read_text()) == migrated
+    env = read_stack_env(home / "stack.env")
+    with psycopg.connect(env["WAREHOUSE_URL"], connect_timeout=5) as conn:
+        assert conn.execute("select id from keep_me").fetchall() == [(42,)]
 
 
 def test_celery_executor_runs_a_pipeline_on_worker_processes(home: Path) -> None:
-    """STACK_EXECUTOR=celery: Redis and two Celery worker processes instead of LocalExecutor."""
-    assert runner(home, "down").returncode == 0
-    up = runner(home, "up", STACK_EXECUTOR="celery", STACK_REDIS_PORT="18379", ENERGY_END_DATE="2023-02-28")
-    assert up.returncode == 0, up.stdout + up.stderr
+    """STACK_EXECUTOR=celery: Redis and two Celery worker processes instead of LocalExecutor (started
+    so by test_down_leaves_nothing_and_up_again_keeps_data)."""
+    if runner(home, "status", **CELERY).returncode != 0:  # run alone
+        assert runner(home, "down").returncode == 0
+        up = runner(home, "up", **CELERY, ENERGY_END_DATE="2023-02-28")
+        assert up.returncode == 0, up.stdout + up.stderr
     env = read_stack_env(home / "stack.env")
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     client = AirflowClient.from_env(env)
@@ -317,10 +311,21 @@ def test_celery_executor_runs_a_pipeline_on_worker_processes(home: Path) -> None
     ]
     worker_logs = "".join((home / "logs" / f"airflow-worker-{n}.log").read_text() for n in (1, 2))
     assert worker_logs.count("succeeded in") >= 2, worker_logs[-2000:]
-    assert runner(home, "down").returncode == 0
+    assert runner(home, "down", **CELERY).returncode == 0
     assert our_processes(home) == []
 
 
-def test_teardown(home: Path) -> None:
+def test_stale_pid_file_is_reported_and_replaced(home: Path) -> None:
     runner(home, "down")
+    pid_file = home / "run" / "airflow-triggerer.pid"
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text("999999 0")
+    status = runner(home, "status")
+    assert "airflow-triggerer: stale pid file" in status.stdout
+    assert "pid 999999 is not running" in status.stdout
+    assert not pid_file.exists()
+
+
+def test_teardown(home: Path) -> None:
+    runner(home, "down", **CELERY)
     assert our_processes(home) == []
