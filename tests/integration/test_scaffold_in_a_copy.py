@@ -36,11 +36,12 @@ LINKED = (".venv", ".venv-airbyte")
 
 def copy_of_checkout(target: Path) -> None:
     """The tracked files (timestamps kept, so make sees nothing to rebuild) and the compiled manifest."""
-    tracked = (
-        subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True)
-        .stdout.decode()
-        .split("\0")
-    )
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True)
+    if listed.returncode != 0:
+        pytest.fail(
+            f"copies the checkout's tracked files, but `git ls-files` failed in {REPO}: {listed.stderr!r}"
+        )
+    tracked = listed.stdout.decode().split("\0")
     for name in [*filter(None, tracked), "include/dbt/target/manifest.json"]:
         source = REPO / name
         if source.is_file():
