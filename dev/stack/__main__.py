@@ -202,7 +202,11 @@ def migrate_airflow_db(pg: Postgres, proc_env: dict[str, str]) -> None:
     by the same Airflow and providers (a restart then skips ~5 CPU-seconds of Airflow start-up)."""
     marker = AIRFLOW_HOME / "db-migrated.json"
     state = airflow_db_state(pg)
-    if state["revisions"] and marker.exists() and json.loads(marker.read_text()) == state:
+    try:
+        recorded = json.loads(marker.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: migrate and record again
+        recorded = None
+    if state["revisions"] and recorded == state:
         print("  airflow db: at the revision of its last migrate, same Airflow: nothing to migrate")
         return
     marker.unlink(missing_ok=True)
