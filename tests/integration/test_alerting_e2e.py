@@ -110,6 +110,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory, receivers: Receivers) ->
     env.update(
         PORTS, STACK_HOME=str(home), ELT_PIPELINES_DIR=str(pipelines(tmp_path_factory.mktemp("pipelines")))
     )
+    env["AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE"] = "False"  # the scenarios' runs are the only runs
     env.update({f"AIRFLOW_CONN_{k.upper()}": json.dumps(v) for k, v in receivers.connections().items()})
     stack = [sys.executable, "-m", "dev.stack"]
     already_up = subprocess.run([*stack, "status"], cwd=REPO, env=env, capture_output=True).returncode == 0
@@ -144,21 +145,12 @@ def recorded(receivers: Receivers) -> Callable[[], dict[str, list[dict[str, Any]
     return lambda: receivers.recorder.snapshot()
 
 
-def start_run(client: AirflowClient, dag_id: str) -> str:
-    """Unpause (the scheduler then runs the latest interval) or, once unpaused, trigger a run."""
+def start_run(client: AirflowClient, dag_id: str, logical_date: datetime | None = None) -> str:
+    """Trigger a run (unpausing the DAG first). The stack creates no cron-scheduled runs (see
+    stack_env): a run the scheduler started as the clock passed a schedule tick would page too."""
     if client.get(f"/api/v2/dags/{dag_id}")["is_paused"]:
-        before = {r["dag_run_id"] for r in client.get(f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]}
         client.unpause(dag_id)
-        for _ in range(15):
-            new = [
-                r
-                for r in client.get(f"/api/v2/dags/{dag_id}/dagRuns")["dag_runs"]
-                if r["dag_run_id"] not in before
-            ]
-            if new:
-                return new[0]["dag_run_id"]
-            time.sleep(2)
-    return client.trigger(dag_id)
+    return client.trigger(dag_id, logical_date=logical_date)
 
 
 def settle(
@@ -337,7 +329,9 @@ def test_a_run_past_its_deadline_pages_while_it_is_still_running(
     airbyte.post(
         "/local/faults/hold-jobs", json={"connectionId": CONNECTION[ECOMMERCE], "seconds": 240}
     ).raise_for_status()
-    run_id = start_run(client, ECOMMERCE)
+    # Its window's deadline (logical date + 1 day + DEADLINE_SECONDS) is now: it passes at once.
+    logical_date = (datetime.now(UTC) - timedelta(days=1, seconds=DEADLINE_SECONDS)).replace(microsecond=0)
+    run_id = start_run(client, ECOMMERCE, logical_date)
     try:
         paged = []
         deadline = time.monotonic() + 180
