@@ -27,11 +27,13 @@ RUN useradd --create-home --home-dir /home/airflow --uid 50000 --gid 0 airflow
 # requirements.txt names the runtime; the lock pins every transitive version. Constraining with
 # the lock installs the runtime only (the lock's dev tools: pytest, ruff, ... are left out).
 COPY requirements.txt requirements.lock /tmp/requirements/
+# --compile-bytecode: .pyc files built here once (PYTHONDONTWRITEBYTECODE keeps containers from
+# writing any), so a process does not compile every module it imports each time it starts.
 RUN set -e; if [ -n "$EXTRA_CA_CERTS" ]; then printf '%s\n' "$EXTRA_CA_CERTS" > /usr/local/share/ca-certificates/build-extra.crt; update-ca-certificates >/dev/null; fi; \
     export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt PIP_CERT=/etc/ssl/certs/ca-certificates.crt; \
     python3 -m venv /opt/venv; \
     /opt/venv/bin/pip install --quiet --no-cache-dir "uv==${UV_VERSION}"; \
-    /opt/venv/bin/uv pip install --quiet --no-cache --python /opt/venv/bin/python --only-binary :all: \
+    /opt/venv/bin/uv pip install --quiet --no-cache --compile-bytecode --python /opt/venv/bin/python --only-binary :all: \
       -r /tmp/requirements/requirements.txt -c /tmp/requirements/requirements.lock; \
     /opt/venv/bin/pip uninstall --quiet -y uv; \
     rm -rf /tmp/requirements /usr/local/share/ca-certificates/build-extra.crt; update-ca-certificates --fresh >/dev/null

@@ -27,14 +27,17 @@ $(TOOLS)/bin/uv:
 	@echo "bootstrapping uv $(UV_VERSION) into $(TOOLS)"
 	@python3 -m pip install --quiet --disable-pip-version-check --target $(TOOLS) uv==$(UV_VERSION)
 
+# --compile-bytecode: every process (each Airflow service, task runner and dbt run) then loads
+# .pyc files instead of compiling its imports, which it would do every time where
+# PYTHONDONTWRITEBYTECODE is set (as on CI): half the CPU of starting a stack.
 $(VENV)/.installed: requirements.lock | $(UV)
 	@test -x $(PYTHON) || $(UV) venv --quiet --python $(PY_VERSION) $(VENV)
-	$(UV) pip install --quiet --python $(PYTHON) -r requirements.lock
+	$(UV) pip install --quiet --compile-bytecode --python $(PYTHON) -r requirements.lock
 	@touch $@
 
 $(AIRBYTE_VENV)/.installed: dev/requirements-airbyte.lock | $(UV)
 	@test -x $(AIRBYTE_VENV)/bin/python || $(UV) venv --quiet --python $(PY_VERSION) $(AIRBYTE_VENV)
-	$(UV) pip install --quiet --python $(AIRBYTE_VENV)/bin/python -r dev/requirements-airbyte.lock
+	$(UV) pip install --quiet --compile-bytecode --python $(AIRBYTE_VENV)/bin/python -r dev/requirements-airbyte.lock
 	@touch $@
 
 $(DBT_MANIFEST): $(VENV)/.installed $(DBT_SOURCES)

@@ -241,6 +241,8 @@ class JobSupervisor:
             "AIRBYTE_LOGGING_ROOT": str(job_dir),
             "AIRBYTE_TEMP_DIR": str(job_dir / "tmp"),
             "PYTHONUNBUFFERED": "1",
+            # A connector's venv is installed once and its modules imported by every job.
+            "UV_COMPILE_BYTECODE": "1",
         }
         if shutil.which("uv", path=env.get("PATH")) is None:
             env["AIRBYTE_NO_UV"] = "1"
