@@ -121,6 +121,13 @@ def ancestors(pid: int) -> set[int]:
     return chain
 
 
+def orphan_pids(home: Path) -> list[int]:
+    """Our running processes that descend from no live service. A process that exits while this
+    looks (a task's supervisor finishing) is not one: its ancestry reads as cut short."""
+    live = set(service_pids(home).values())
+    return [p for p in ours(home) if not ancestors(p) & live and is_running(p)]
+
+
 def listeners(pids: list[int]) -> set[tuple[str, int]]:
     """(address, port) of the TCP sockets these processes listen on, from /proc/net/tcp{,6}."""
     inodes = {}
@@ -250,8 +257,7 @@ def test_up_after_sigkill_of_any_service_leaves_no_orphans(home: Path) -> None:
         # listener up to a minute to come back before comparing.
         deadline = time.monotonic() + 60
         while True:
-            live = set(service_pids(home).values())
-            orphans = {p: before.get(p, "?") for p in ours(home) if not ancestors(p) & live}
+            orphans = {p: before.get(p, "?") for p in orphan_pids(home)}
             ports = listeners(ours(home))
             if (not orphans and ports == baseline) or time.monotonic() > deadline:
                 break
