@@ -70,22 +70,6 @@ def test_energy_run_marts_equal_meter_api(energy_run, stack) -> None:
     assert_energy_marts_match(stack["WAREHOUSE_URL"], expected, day, day)
 
 
-@pytest.fixture(scope="module")
-def rebuild_run(airflow, stack, energy_run):
-    """A manual run asked (as the trigger form's params) to rebuild three days in one dbt build."""
-    return run_dag(
-        airflow, "energy_meters", conf={"rebuild_start": "2023-02-11", "rebuild_end": "2023-02-13"}
-    )
-
-
-def test_a_range_rebuilt_in_one_run_equals_meter_api(rebuild_run, stack) -> None:
-    states = {task: ti["state"] for task, ti in rebuild_run["task_instances"].items()}
-    assert rebuild_run["state"] == "success", states
-    first, last = date(2023, 2, 11), date(2023, 2, 13)
-    # Independent oracle: the meter API's JSON, bucketed by the interval each reading covers.
-    assert_energy_marts_match(stack["WAREHOUSE_URL"], meter_energy(stack, first, last), first, last)
-
-
 def test_ecommerce_run_builds_the_sales_marts(airflow, warehouse) -> None:
     run = run_dag(airflow, "ecommerce_sales")
     states = {task: ti["state"] for task, ti in run["task_instances"].items()}
