@@ -10,6 +10,10 @@ A process is sorted by its command line when first seen, or else by its parent's
 a task runner count as task runner unless they are dbt). What a process spends after the last
 sample before it exits is missed: the kinds add up to a little less than the machine's total.
 This is how make test's CPU was broken down (README, "Testing").
+
+`--by-stack` also sums it by the stack a process belongs to (the `ELT_STACK_HOME` every process
+the stack starts carries, else its parent's stack, else a stack home it works in): what each test
+stack costs from its start to its stop, scenarios, start-up and idle time together.
 """
 
 from __future__ import annotations
@@ -58,7 +62,36 @@ def machine_cpu() -> float:
     return sum(int(v) for v in fields[:3]) / HZ
 
 
-def sample(kinds: dict[int, str], last: dict[int, float], totals: dict[str, float], started: bool) -> None:
+MARKER = b"ELT_STACK_HOME="  # dev/stack/config.py: set on every process a stack starts
+
+
+def stack_of(pid: int, parent_stack: str | None, homes: set[str]) -> str | None:
+    """The stack home of a process: its marker, its parent's stack, or a known home it works in
+    (Airflow and Postgres overwrite their /proc environ when they set a process title)."""
+    try:
+        for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            if item.startswith(MARKER):
+                homes.add(item[len(MARKER) :].decode(errors="replace"))
+                return item[len(MARKER) :].decode(errors="replace")
+        if parent_stack:
+            return parent_stack
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return parent_stack
+    return next((home for home in homes if cwd == home or cwd.startswith(f"{home}/")), None)
+
+
+def sample(
+    kinds: dict[int, str],
+    last: dict[int, float],
+    totals: dict[str, float],
+    started: bool,
+    stacks: dict[int, str | None] | None = None,
+    by_stack: dict[str, float] | None = None,
+    homes: set[str] | None = None,
+) -> None:
+    """One pass over /proc: add each process's CPU since the last pass to its kind's total (and,
+    given `stacks`, to its stack's total in `by_stack`)."""
     seen = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -78,12 +111,20 @@ def sample(kinds: dict[int, str], last: dict[int, float], totals: dict[str, floa
         if pid not in kinds:
             kinds[pid] = kind_of(cmdline, kinds.get(int(fields[1])))
             last[pid] = 0.0 if started else cpu  # a process born during the run: all its CPU counts
-        totals[kinds[pid]] = totals.get(kinds[pid], 0.0) + max(0.0, cpu - last[pid])
+            if stacks is not None:
+                stacks[pid] = stack_of(pid, stacks.get(int(fields[1])), homes if homes is not None else set())
+        spent = max(0.0, cpu - last[pid])
+        totals[kinds[pid]] = totals.get(kinds[pid], 0.0) + spent
+        if stacks is not None and by_stack is not None:
+            stack = stacks.get(pid) or "(no stack: pytest, CLI, builds)"
+            by_stack[stack] = by_stack.get(stack, 0.0) + spent
         last[pid] = cpu
         seen.add(pid)
     for pid in set(kinds) - seen:
         kinds.pop(pid)
         last.pop(pid, None)
+        if stacks is not None:
+            stacks.pop(pid, None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--every", type=float, default=0.5, help="seconds between samples (default 0.5)")
+    parser.add_argument("--by-stack", action="store_true", help="also sum the CPU by stack (ELT_STACK_HOME)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -99,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     kinds: dict[int, str] = {}
     last: dict[int, float] = {}
     totals: dict[str, float] = {}
-    sample(kinds, last, {}, started=False)  # what runs already: only its CPU from now on counts
+    stacks: dict[int, str | None] | None = {} if args.by_stack else None
+    by_stack: dict[str, float] = {}
+    homes: set[str] = set()
+    sample(kinds, last, {}, False, stacks, {}, homes)  # what runs already: only its CPU from now on counts
     machine, wall = machine_cpu(), time.monotonic()
     proc = subprocess.Popen(command)
     while proc.poll() is None:
         time.sleep(args.every)
-        sample(kinds, last, totals, started=True)
+        sample(kinds, last, totals, True, stacks, by_stack, homes)
     wall, machine = time.monotonic() - wall, machine_cpu() - machine
     print(
         f"\n{' '.join(command)}: exit {proc.returncode} after {wall:.0f} s wall; machine CPU {machine:.0f} s"
@@ -113,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     for kind, cpu in sorted(totals.items(), key=lambda item: -item[1]):
         if cpu >= 0.5:
             print(f"  {cpu:8.1f} s  {kind}")
+    if args.by_stack:
+        print("by stack (ELT_STACK_HOME):")
+        for stack, cpu in sorted(by_stack.items(), key=lambda item: -item[1]):
+            if cpu >= 0.5:
+                print(f"  {cpu:8.1f} s  {stack}")
     return proc.returncode
 
 
