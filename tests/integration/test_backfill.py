@@ -183,3 +183,4 @@ def test_a_range_rebuilt_in_one_run_equals_the_per_day_runs(first_backfill, airf
     run = run_dag(airflow, DAG_ID, conf={"rebuild_start": first.isoformat(), "rebuild_end": last.isoformat()})
     assert run["state"] == "success", {task: ti["state"] for task, ti in run["task_instances"].items()}
     assert energy_marts(stack, first, last) == per_day
+    assert_marts_match_meter_api(stack, first, last)  # and on its own, against the source's raw data
