@@ -16,6 +16,7 @@ from typing import Any
 from airflow.sdk import CronDataIntervalTimetable, Param
 from airflow.sdk.exceptions import AirflowException
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
+from cosmos import settings as cosmos_settings
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
 from cosmos.operators._watcher.base import BaseConsumerSensor
 from cosmos.operators.local import DbtSourceLocalOperator
@@ -263,6 +264,15 @@ def _run_and_test_tasks(node_group: Any) -> tuple[Any, Any] | None:
     return None
 
 
+def freshness_cache_dir(dag_id: str) -> Path | None:
+    """The freshness task's own directory in Cosmos's cache (beside `<dag_id>__dbt`, the group's)."""
+    return (
+        Path(cosmos_settings.cache_dir) / f"{dag_id}__source_freshness"
+        if cosmos_settings.enable_cache
+        else None
+    )
+
+
 def source_freshness_task(spec: PipelineSpec) -> SourceFreshnessOperator:
     """The gate between the syncs and the models: `dbt source freshness` of the selection's sources."""
     return SourceFreshnessOperator(
@@ -274,6 +284,9 @@ def source_freshness_task(spec: PipelineSpec) -> SourceFreshnessOperator:
         exclude=" ".join(spec.dbt.exclude) or None,
         invocation_mode=InvocationMode.DBT_RUNNER,
         install_deps=False,
+        # dbt's partial parse kept between runs, as Cosmos keeps it for a DbtTaskGroup's tasks; a
+        # standalone operator gets no cache dir from Cosmos and fully re-parsed the project every run.
+        cache_dir=freshness_cache_dir(spec.name),
         fail_on_error=spec.dbt.freshness == "error",
         doc_md="`dbt source freshness` of the pipeline's sources (thresholds in include/dbt sources YAML).",
     )

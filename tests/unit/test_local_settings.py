@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from airflow_local_settings import forks_dag_code_runners
+from airflow_local_settings import forks_dag_code_runners, forks_task_runners
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 
@@ -32,6 +32,37 @@ PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 )
 def test_only_processes_that_fork_dag_code_runners_pre_import(argv, executor, expected) -> None:
     assert forks_dag_code_runners(argv, executor) is expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "executor", "expected"),
+    [
+        (["airflow", "scheduler"], "LocalExecutor", True),
+        (["airflow", "scheduler"], "CeleryExecutor", False),
+        (["airflow", "celery", "worker"], "CeleryExecutor", True),
+        (["airflow", "dag-processor"], "LocalExecutor", False),  # parses DAG files, runs no dbt
+        (["airflow", "triggerer"], "LocalExecutor", False),
+        (["airflow", "dags", "list"], "LocalExecutor", False),
+    ],
+)
+def test_only_processes_that_fork_task_runners_pre_import_dbt(argv, executor, expected) -> None:
+    assert forks_task_runners(argv, executor) is expected
+
+
+def _imported_in(argv: list[str], *modules: str) -> list[str]:
+    code = f"import sys; sys.argv = {argv!r}; import airflow_local_settings; " + "; ".join(
+        f"print({m!r} in sys.modules)" for m in modules
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PLUGINS
+    )
+    return out.stdout.split()[-len(modules) :]
+
+
+def test_the_scheduler_pre_imports_dbt_and_the_dag_processor_does_not() -> None:
+    """The scheduler's task runners inherit dbt; the dag-processor's parses never run it."""
+    assert _imported_in(["airflow", "scheduler"], "dbt.cli.main", "dbt.adapters.postgres") == ["True", "True"]
+    assert _imported_in(["airflow", "dag-processor"], "dbt.cli.main", "elt.dag_factory") == ["False", "True"]
 
 
 def test_importing_it_in_a_cli_process_imports_no_dag_code() -> None:

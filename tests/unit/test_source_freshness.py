@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
 from airflow.sdk.exceptions import AirflowException
+from cosmos import settings as cosmos_settings
 from dbt.artifacts.resources import FreshnessThreshold, Time
 from dbt.artifacts.schemas.results import FreshnessStatus
 
-from elt.dbt import SourceFreshnessOperator, describe_staleness
+from elt import paths
+from elt.dbt import SourceFreshnessOperator, describe_staleness, source_freshness_task
+from elt.spec import load_spec, spec_files
 
 NOW = datetime(2026, 11, 22, 6, 0, tzinfo=UTC)
 THRESHOLD = FreshnessThreshold(
@@ -74,3 +79,26 @@ def test_the_warn_line_names_the_warn_threshold() -> None:
     assert describe_staleness(result("muid_2", FreshnessStatus.Warn, 27)).endswith(
         "1:00:00 past warn_after (26 hour)"
     )
+
+
+def test_the_next_run_restores_the_partial_parse_this_run_saved(tmp_path, monkeypatch) -> None:
+    """Each run's task is a new parse of the DAG: what one run saves in Cosmos's cache, the next
+    restores into its copy of the project, so dbt parses only what changed (a full parse: ~3 s CPU)."""
+    monkeypatch.setattr(cosmos_settings, "cache_dir", tmp_path / "cosmos-cache")
+    spec = load_spec(next(p for p in spec_files() if p.stem == "energy_meters"))
+    this_run, next_run = tmp_path / "run-1", tmp_path / "run-2"
+    (this_run / "target").mkdir(parents=True)
+    project_file = paths.DBT_PROJECT_DIR / "target" / "partial_parse.msgpack"
+    assert project_file.exists(), "make dbt-manifest writes it"
+    shutil.copy(project_file, this_run / "target" / "partial_parse.msgpack")
+    shutil.copy(paths.DBT_MANIFEST, this_run / "target" / "manifest.json")
+    source_freshness_task(spec)._update_partial_parse_cache(this_run)
+    saved = list((tmp_path / "cosmos-cache").rglob("partial_parse.msgpack"))
+    assert len(saved) == 1, "nothing saved where the next run looks"
+    newer = project_file.stat().st_mtime + 60
+    os.utime(saved[0], (newer, newer))  # this run's parse is newer than the project's compile
+
+    next_run.mkdir()
+    source_freshness_task(spec)._handle_partial_parse(next_run)
+    restored = next_run / "target" / "partial_parse.msgpack"
+    assert restored.exists(), "the next run starts without a partial parse: dbt parses everything"
