@@ -31,6 +31,9 @@ class Settings:
     client_secret: str
     state_dir: Path
     workspace_file: Path
+    # Connector virtualenvs (pip_url sources). Default: under state_dir. The stack runner shares one
+    # directory between all the stacks of a checkout, so a connector is installed once, not per stack.
+    connectors_root: Path | None = None
     # Airbyte's own tokens live 3 minutes; the SDK refreshes 60 s before expiry.
     token_ttl_seconds: int = 180
 
@@ -47,6 +50,11 @@ class Settings:
             ).resolve(),
             workspace_file=Path(os.environ.get("LOCAL_AIRBYTE_WORKSPACE", DEFAULT_WORKSPACE_FILE)).resolve(),
             token_ttl_seconds=int(os.environ.get("LOCAL_AIRBYTE_TOKEN_TTL_SECONDS", "180")),
+            connectors_root=(
+                Path(os.environ["LOCAL_AIRBYTE_CONNECTORS_DIR"]).resolve()
+                if os.environ.get("LOCAL_AIRBYTE_CONNECTORS_DIR")
+                else None
+            ),
         )
 
     def job_dir(self, job_id: int) -> Path:
@@ -57,4 +65,4 @@ class Settings:
 
     @property
     def connectors_dir(self) -> Path:
-        return self.state_dir / "connectors"
+        return self.connectors_root or self.state_dir / "connectors"

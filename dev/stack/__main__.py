@@ -153,6 +153,9 @@ def service_env(ports: Ports, env: dict[str, str], secret: dict[str, str]) -> di
         "LOCAL_AIRBYTE_CLIENT_ID": secret["airbyte_client_id"],
         "LOCAL_AIRBYTE_CLIENT_SECRET": secret["airbyte_client_secret"],
         "LOCAL_AIRBYTE_STATE_DIR": str(LOCAL / "airbyte"),
+        # Connector venvs (source-faker) are a cache of packages, like .venv-airbyte: one per
+        # checkout, so each stack (make test runs several) does not install and compile its own.
+        "LOCAL_AIRBYTE_CONNECTORS_DIR": str(REPO / ".venv-connectors"),
         "RECEIVERS_HTTP_PORT": str(ports.receivers_http),
         "RECEIVERS_SMTP_PORT": str(ports.receivers_smtp),
         "METER_API_HOST": "127.0.0.1",
