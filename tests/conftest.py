@@ -26,29 +26,34 @@ os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".local" / "pytest-airflow-home
 
 from dev.airflow_client import AirflowClient  # noqa: E402
 
-# Modules by measured duration, longest first (`--durations`, make test on 2 cores). make test
-# runs pytest-xdist with --no-loadscope-reorder, so workers take modules in this order: a long
-# module started last would leave one worker busy alone at the end (xdist's own order is by
-# number of tests, which put these last).
-LONGEST_MODULES_FIRST = [
-    "test_stack.py",
-    "test_ui_browser.py",
+# The order workers take modules in (make test runs pytest-xdist with --no-loadscope-reorder; xdist's
+# own order is by number of tests). First the modules that start stacks of their own, longest first
+# (durations from `--durations`, make test on 2 cores), while no worker has started its shared stack
+# yet; then the modules on the worker's shared stack, longest first; then those with no stack. A
+# worker stops its shared stack when it moves on to a module without one (see
+# pytest_runtest_teardown), and so never idles one beside the modules that run their own.
+MODULE_ORDER = [
+    # own stacks
     "test_alerting_e2e.py",
+    "test_stack.py",
     "test_stack_kills.py",
+    "test_scaffold_in_a_copy.py",
+    # the worker's shared stack
+    "test_ui_browser.py",
     "test_backfill.py",
     "test_pipelines_e2e.py",
-    "test_scaffold_in_a_copy.py",
-    "test_energy_connector.py",
     "test_local_airbyte.py",
-    "test_dbt_project.py",
     "test_airbyte_tasks.py",
+    "test_dbt_project.py",
     "test_marts_api.py",
+    # no stack (their own meter API), then everything else
+    "test_energy_connector.py",
     "test_meter_api.py",
 ]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_MODULES_FIRST)}
+    rank = {name: i for i, name in enumerate(MODULE_ORDER)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
 
 
@@ -99,12 +104,79 @@ def _stack_home() -> Path:
     return Path(home).resolve()
 
 
+class _SharedStack:
+    """The worker's shared stack, if this session started it (not one `make up` left running).
+
+    It is stopped while the worker runs modules that do not use it (an idle stack costs ~5 CPU-s a
+    minute, and make test is CPU-bound), and started again (same home, ports and data) if a later
+    module does: make test's module order makes that rare. While it is stopped, its settings are
+    out of os.environ too (a module without it then starts what it needs, e.g. its own meter API).
+    """
+
+    def __init__(self) -> None:
+        self.run_env: dict[str, str] | None = None  # set when this session started it
+        self.env: dict[str, str] = {}  # stack.env, put in os.environ while it runs
+        self.saved: dict[str, str | None] = {}
+        self.running = False
+
+    def export(self, env: dict[str, str]) -> None:
+        self.env, self.saved = env, {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+
+    def unexport(self) -> None:
+        for key, value in self.saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    def command(self, name: str) -> None:
+        assert self.run_env is not None
+        if name == "down":
+            self.unexport()
+        subprocess.run(
+            [sys.executable, "-m", "dev.stack", name], cwd=REPO, env=self.run_env, check=name == "up"
+        )
+        if name == "up":
+            self.export(self.env)
+        self.running = name == "up"
+
+
+_SHARED_STACK = _SharedStack()
+# Fixtures that use the worker's shared stack: scratch_warehouse asks for `stack` itself when needed.
+_STACK_FIXTURES = {"stack", "scratch_warehouse"}
+_modules_on_the_shared_stack: set[Path] = set()
+
+
+def _on_the_shared_stack(item: pytest.Item) -> bool:
+    """Whether any test of the item's module uses the shared stack (its module fixtures may)."""
+    if not _modules_on_the_shared_stack:
+        found = {i.path for i in item.session.items if _STACK_FIXTURES & set(getattr(i, "fixturenames", ()))}
+        _modules_on_the_shared_stack.update(found or {Path("/")})
+    return item.path in _modules_on_the_shared_stack
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _SHARED_STACK.run_env is not None and not _SHARED_STACK.running and _on_the_shared_stack(item):
+        _SHARED_STACK.command("up")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    result = yield  # the item's fixtures are torn down, and its module's if the next is another's
+    if _SHARED_STACK.running and nextitem is not None and not _on_the_shared_stack(nextitem):
+        _SHARED_STACK.command("down")
+    return result
+
+
 @pytest.fixture(scope="session")
 def stack() -> dict[str, str]:
     """The running local stack's environment (`.local/stack.env`), starting the stack if needed.
 
-    A stack this fixture started is stopped at the end of the session (KEEP_STACK=1 keeps it);
-    a stack that was already up is left running. Under xdist, each worker has its own stack.
+    A stack this fixture started is stopped at the end of the session (KEEP_STACK=1 keeps it),
+    and while the worker runs modules that do not use it; a stack that was already up is left
+    running. Under xdist, each worker has its own stack.
     """
     python = sys.executable
     # No cron-scheduled runs on a stack the tests start: unpausing a catchup=False DAG would
@@ -117,19 +189,19 @@ def stack() -> dict[str, str]:
         ).returncode
         == 0
     )
+    managed = not already_up and os.environ.get("KEEP_STACK") != "1"
     if not already_up:
         subprocess.run([python, "-m", "dev.stack", "up"], cwd=REPO, env=run_env, check=True)
+        if managed:
+            _SHARED_STACK.run_env, _SHARED_STACK.running = run_env, True
     env = read_stack_env(_stack_home() / "stack.env")
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
+    exported = _SHARED_STACK if managed else _SharedStack()
+    exported.export(env)
     yield env
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    if not already_up and os.environ.get("KEEP_STACK") != "1":
-        subprocess.run([python, "-m", "dev.stack", "down"], cwd=REPO, env=run_env, check=False)
+    if not managed:
+        exported.unexport()
+    elif _SHARED_STACK.running:
+        _SHARED_STACK.command("down")  # and its settings out of os.environ
 
 
 @pytest.fixture(scope="session")
