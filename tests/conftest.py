@@ -27,20 +27,21 @@ os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".local" / "pytest-airflow-home
 from dev.airflow_client import AirflowClient  # noqa: E402
 
 # The order workers take modules in (make test runs pytest-xdist with --no-loadscope-reorder; xdist's
-# own order is by number of tests). First the modules that start stacks of their own, longest first
-# (durations from `--durations`, make test on 2 cores), while no worker has started its shared stack
-# yet; then the modules on the worker's shared stack, longest first; then those with no stack. A
-# worker stops its shared stack when it moves on to a module without one (see
-# pytest_runtest_teardown), and so never idles one beside the modules that run their own.
+# own order is by number of tests). A worker stops its shared stack when it moves on to a module
+# without one (see pytest_runtest_teardown), so the modules that start stacks of their own come
+# first, while no worker has started its shared stack yet, and those without a stack come last.
+# Longest first within that (`--durations`, make test on 2 cores), and the UI module (the longest
+# on the shared stack) right after the first three: xdist hands a worker its next module when two
+# of its tests are left, so a one-test module (the scaffold copy) pulls another in behind it.
 MODULE_ORDER = [
     # own stacks
     "test_alerting_e2e.py",
     "test_stack.py",
     "test_stack_kills.py",
-    "test_scaffold_in_a_copy.py",
-    # the worker's shared stack
+    # the worker's shared stack (the scaffold copy starts its own)
     "test_ui_browser.py",
     "test_backfill.py",
+    "test_scaffold_in_a_copy.py",
     "test_pipelines_e2e.py",
     "test_local_airbyte.py",
     "test_airbyte_tasks.py",

@@ -59,28 +59,15 @@ def _imported_in(argv: list[str], *modules: str) -> list[str]:
     return out.stdout.split()[-len(modules) :]
 
 
-def test_the_scheduler_pre_imports_dbt_and_the_dag_processor_does_not() -> None:
-    """The scheduler's task runners inherit dbt; the dag-processor's parses never run it."""
-    assert _imported_in(["airflow", "scheduler"], "dbt.cli.main", "dbt.adapters.postgres") == ["True", "True"]
-    assert _imported_in(["airflow", "dag-processor"], "dbt.cli.main", "elt.dag_factory") == ["False", "True"]
+MODULES = ("elt.dag_factory", "cosmos.converter", "dbt.cli.main", "dbt.adapters.postgres")
 
 
-def test_importing_it_in_a_cli_process_imports_no_dag_code() -> None:
-    """A CLI command imports no DAG code at start-up; the scheduler does (what its runners inherit)."""
-
-    code = (
-        "import sys; sys.argv = ['airflow', 'dags', 'list']; import airflow_local_settings; "
-        "print('elt.dag_factory' in sys.modules, 'cosmos.converter' in sys.modules)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PLUGINS
-    )
-    assert out.stdout.split()[-2:] == ["False", "False"]
-    code = code.replace("'dags', 'list'", "'scheduler'")
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PLUGINS
-    )
-    assert out.stdout.split()[-2:] == ["True", "True"]
+def test_what_each_process_imports_at_start_up() -> None:
+    """The scheduler's task runners inherit the DAG code and dbt; the dag-processor's parses the DAG
+    code only (they never run dbt); a CLI command nothing."""
+    assert _imported_in(["airflow", "scheduler"], *MODULES) == ["True"] * 4
+    assert _imported_in(["airflow", "dag-processor"], *MODULES) == ["True", "True", "False", "False"]
+    assert _imported_in(["airflow", "dags", "list"], *MODULES) == ["False"] * 4
 
 
 def test_a_failing_pre_import_warns_and_lets_the_scheduler_start(tmp_path) -> None:
