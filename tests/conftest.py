@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,21 +28,20 @@ os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".local" / "pytest-airflow-home
 from dev.airflow_client import AirflowClient  # noqa: E402
 
 # The order workers take modules in (make test runs pytest-xdist with --no-loadscope-reorder; xdist's
-# own order is by number of tests). A worker stops its shared stack when it moves on to a module
-# without one (see pytest_runtest_teardown), so the modules that start stacks of their own come
-# first, while no worker has started its shared stack yet, and those without a stack come last.
-# Longest first within that (`--durations`, make test on 2 cores), and the UI module (the longest
-# on the shared stack) right after the first three: xdist hands a worker its next module when two
-# of its tests are left, so a one-test module (the scaffold copy) pulls another in behind it.
+# own order is by number of tests), each worker taking the next module as it starts the last test of
+# its current one (pytest_xdist_make_scheduler). A worker stops its shared stack when it moves on to
+# a module without one (see pytest_runtest_teardown), so the modules that start stacks of their own
+# come first, while no worker has started its shared stack yet, and those without a stack last;
+# longest first within each (`--durations`, make test on 2 cores).
 MODULE_ORDER = [
     # own stacks
     "test_alerting_e2e.py",
     "test_stack.py",
     "test_stack_kills.py",
-    # the worker's shared stack (the scaffold copy starts its own)
+    "test_scaffold_in_a_copy.py",
+    # the worker's shared stack
     "test_ui_browser.py",
     "test_backfill.py",
-    "test_scaffold_in_a_copy.py",
     "test_pipelines_e2e.py",
     "test_local_airbyte.py",
     "test_airbyte_tasks.py",
@@ -56,6 +56,26 @@ MODULE_ORDER = [
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(MODULE_ORDER)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, but a worker gets its next module only once it runs its last test.
+
+    xdist hands one over when two tests are left, so a worker running a module of one or two tests
+    (the scaffold copy) got two more modules queued behind it, and a long module could end up last,
+    alone, while the other workers had nothing left to do.
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModuleAtATime(LoadFileScheduling):
+        def _reschedule(self, node: Any) -> None:
+            if not node.shutting_down and self.workqueue and self._pending_of(self.assigned_work[node]) > 1:
+                return
+            super()._reschedule(node)
+
+    return ModuleAtATime(config, log)
 
 
 def read_stack_env(path: Path) -> dict[str, str]:
