@@ -32,16 +32,17 @@ from dev.airflow_client import AirflowClient  # noqa: E402
 # its current one (pytest_xdist_make_scheduler). A worker stops its shared stack when it moves on to
 # a module without one (see pytest_runtest_teardown), so the modules that start stacks of their own
 # come first, while no worker has started its shared stack yet, and those without a stack last;
-# longest first within each (`--durations`, make test on 2 cores).
+# longest first within each (`--durations`, make test on 2 cores), but for the scaffold copy.
 MODULE_ORDER = [
     # own stacks
     "test_alerting_e2e.py",
     "test_stack.py",
     "test_stack_kills.py",
-    "test_scaffold_in_a_copy.py",
-    # the worker's shared stack
+    # the worker's shared stack, the two longest before the scaffold copy (its own stack, ~5 min):
+    # behind it, the backfill module ran last, alone
     "test_ui_browser.py",
     "test_backfill.py",
+    "test_scaffold_in_a_copy.py",
     "test_pipelines_e2e.py",
     "test_local_airbyte.py",
     "test_airbyte_tasks.py",
