@@ -285,7 +285,12 @@ def up() -> None:
     # STACK_HEALTH_TIMEOUT: more patience on a machine busy with other work.
     timeout = float(os.environ.get("STACK_HEALTH_TIMEOUT", "180"))
     procs.wait_until(lambda: airflow_health(health), "Airflow", timeout, procs.log_file("airflow-api-server"))
-    print("  airflow: api-server, scheduler, dag-processor and triggerer healthy")
+    # On the first request to its execution API the api-server builds that API's routes for every
+    # version (Cadwyn: ~9 CPU-s) and answers nothing else meanwhile. Ask now, not when the first
+    # task starts: then the UI and every REST call stalled ~9 s (30 s and more on a busy machine).
+    execution = f"{env['AIRFLOW_API_URL']}/execution/health"
+    procs.wait_until(lambda: procs.http_ok(execution), "Airflow's execution API", timeout)
+    print("  airflow: api-server, scheduler, dag-processor and triggerer healthy; execution API ready")
     print(
         f"\nStack is up in {time.monotonic() - started:.0f}s.\n"
         f"  Airflow UI   {env['AIRFLOW_API_URL']}   login {env['AIRFLOW_ADMIN_USER']} / "
