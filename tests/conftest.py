@@ -28,18 +28,17 @@ os.environ.setdefault("AIRFLOW_HOME", str(REPO / ".local" / "pytest-airflow-home
 from dev.airflow_client import AirflowClient  # noqa: E402
 
 # The order workers take modules in (make test runs pytest-xdist with --no-loadscope-reorder; xdist's
-# own order is by number of tests), each worker taking the next module as it starts the last test of
-# its current one (pytest_xdist_make_scheduler). A worker stops its shared stack when it moves on to
-# a module without one (see pytest_runtest_teardown), so the modules that start stacks of their own
-# come first, while no worker has started its shared stack yet, and those without a stack last;
-# longest first within each (`--durations`, make test on 2 cores), but for the scaffold copy.
+# own order is by number of tests), each worker taking the next module it may run as it starts the
+# last test of its current one (pytest_xdist_make_scheduler). The modules that start stacks of their
+# own come first, then those on a worker's shared stack, longest first (`--durations`, make test on 2
+# cores), then those without a stack; the scaffold copy (its own stack, ~5 min) after the two longest
+# on a shared stack: behind it, the backfill module ran last, alone.
 MODULE_ORDER = [
     # own stacks
     "test_alerting_e2e.py",
     "test_stack.py",
     "test_stack_kills.py",
-    # the worker's shared stack, the two longest before the scaffold copy (its own stack, ~5 min):
-    # behind it, the backfill module ran last, alone
+    # the worker's shared stack (SHARED_STACK_MODULES), and the scaffold copy
     "test_ui_browser.py",
     "test_backfill.py",
     "test_scaffold_in_a_copy.py",
@@ -52,6 +51,20 @@ MODULE_ORDER = [
     "test_energy_connector.py",
     "test_meter_api.py",
 ]
+# The modules whose tests use the worker's shared stack (the `stack` or `scratch_warehouse` fixture):
+# pytest_collection_finish checks that it names every module whose tests ask for them.
+SHARED_STACK_MODULES = {
+    "test_ui_browser.py",
+    "test_backfill.py",
+    "test_pipelines_e2e.py",
+    "test_local_airbyte.py",
+    "test_airbyte_tasks.py",
+    "test_dbt_project.py",
+    "test_marts_api.py",
+    "test_scaffold_e2e.py",  # `-m serial` only: in the scaffold copy
+}
+# Fixtures that use the worker's shared stack: scratch_warehouse asks for `stack` itself when needed.
+_STACK_FIXTURES = {"stack", "scratch_warehouse"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -59,22 +72,65 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a module kept
 
 
-def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """`--dist loadfile`, but a worker gets its next module only once it runs its last test.
+def pytest_collection_finish(session: pytest.Session) -> None:
+    using = {i.path.name for i in session.items if _STACK_FIXTURES & set(getattr(i, "fixturenames", ()))}
+    if missing := sorted(using - SHARED_STACK_MODULES):
+        raise pytest.UsageError(
+            f"tests/conftest.py: add {missing} to SHARED_STACK_MODULES: their tests use the worker's "
+            "shared stack (the `stack` or `scratch_warehouse` fixture), and make test's scheduler "
+            "gives modules on a shared stack only to the workers that start one"
+        )
 
-    xdist hands one over when two tests are left, so a worker running a module of one or two tests
-    (the scaffold copy) got two more modules queued behind it, and a long module could end up last,
-    alone, while the other workers had nothing left to do.
+
+def shared_stacks(workers: int) -> int:
+    """How many workers start a shared stack: all but one, which runs the modules with stacks of
+    their own and those without one. Each stack costs ~80 CPU-seconds to start and take its first
+    run (Airflow builds its execution API's versioned routes then) and ~6 a minute idle, and make
+    test is CPU-bound on 2 cores: a third shared stack cost more than the parallelism it gave."""
+    return max(1, workers - 1)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadfile`, but a worker gets its next module only once it runs its last test, and
+    only `shared_stacks(workers)` workers run modules on a shared stack.
+
+    xdist hands a module over when two tests are left, so a worker running a module of one or two
+    tests (the scaffold copy) got two more modules queued behind it, and a long module could end up
+    last, alone, while the other workers had nothing left to do. A worker that has a shared stack
+    takes the modules that use it while any are left (so it does not stop and start it again); the
+    others take the first module they may run, and stop when only modules on a shared stack are left.
     """
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
 
     class ModuleAtATime(LoadFileScheduling):
+        def __init__(self, config: pytest.Config, log: Any) -> None:
+            super().__init__(config, log)
+            self.stack_nodes: set[Any] = set()  # the workers that started their shared stack
+
         def _reschedule(self, node: Any) -> None:
             if not node.shutting_down and self.workqueue and self._pending_of(self.assigned_work[node]) > 1:
                 return
             super()._reschedule(node)
+
+        def _assign_work_unit(self, node: Any) -> None:
+            def shared(scope: str) -> bool:
+                return Path(scope.split("::")[0]).name in SHARED_STACK_MODULES
+
+            if node in self.stack_nodes:
+                allowed = [s for s in self.workqueue if shared(s)] or list(self.workqueue)
+            elif len(self.stack_nodes) < shared_stacks(len(self.nodes)):
+                allowed = list(self.workqueue)
+            else:
+                allowed = [s for s in self.workqueue if not shared(s)]
+            if not allowed:  # only modules on a shared stack are left: the workers that have one run them
+                node.shutdown()  # (a worker runs the last test it was given once told there is no more)
+                return
+            if shared(allowed[0]):
+                self.stack_nodes.add(node)
+            self.workqueue.move_to_end(allowed[0], last=False)
+            super()._assign_work_unit(node)
 
     return ModuleAtATime(config, log)
 
@@ -165,17 +221,10 @@ class _SharedStack:
 
 
 _SHARED_STACK = _SharedStack()
-# Fixtures that use the worker's shared stack: scratch_warehouse asks for `stack` itself when needed.
-_STACK_FIXTURES = {"stack", "scratch_warehouse"}
-_modules_on_the_shared_stack: set[Path] = set()
 
 
 def _on_the_shared_stack(item: pytest.Item) -> bool:
-    """Whether any test of the item's module uses the shared stack (its module fixtures may)."""
-    if not _modules_on_the_shared_stack:
-        found = {i.path for i in item.session.items if _STACK_FIXTURES & set(getattr(i, "fixturenames", ()))}
-        _modules_on_the_shared_stack.update(found or {Path("/")})
-    return item.path in _modules_on_the_shared_stack
+    return item.path.name in SHARED_STACK_MODULES
 
 
 @pytest.hookimpl(tryfirst=True)
