@@ -99,8 +99,10 @@ lock: | $(UV) ## re-resolve requirements.lock and dev/requirements-airbyte.lock 
 	$(UV) pip compile --quiet --no-header --python-version $(PY_VERSION) requirements-dev.txt -o requirements.lock
 	$(UV) pip compile --quiet --no-header --python-version $(PY_VERSION) dev/requirements-airbyte.txt -o dev/requirements-airbyte.lock
 
+# Compiles onto a copy of each lock, whose pins uv keeps where the inputs allow: a release upstream
+# since the lock was made is no difference, a changed input is.
 lock-check: | $(UV) ## fail if a lock is out of date with its inputs
-	@tmp=$$(mktemp -d); \
+	@tmp=$$(mktemp -d); cp requirements.lock $$tmp/main.lock; cp dev/requirements-airbyte.lock $$tmp/airbyte.lock; \
 	$(UV) pip compile --quiet --no-header --python-version $(PY_VERSION) requirements-dev.txt -o $$tmp/main.lock && \
 	$(UV) pip compile --quiet --no-header --python-version $(PY_VERSION) dev/requirements-airbyte.txt -o $$tmp/airbyte.lock && \
 	diff -u requirements.lock $$tmp/main.lock && diff -u dev/requirements-airbyte.lock $$tmp/airbyte.lock \
