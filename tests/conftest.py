@@ -83,16 +83,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def shared_stacks(workers: int) -> int:
-    """How many workers start a shared stack: all but one, which runs the modules with stacks of
-    their own and those without one. Each stack costs ~80 CPU-seconds to start and take its first
-    run (Airflow builds its execution API's versioned routes then) and ~6 a minute idle, and make
-    test is CPU-bound on 2 cores: a third shared stack cost more than the parallelism it gave."""
+    """How many workers start a shared stack (gw0, gw1, ...): all but the last, which runs the
+    modules with stacks of their own and those without one. Each stack costs ~80 CPU-seconds to
+    start and take its first run (Airflow builds its execution API's versioned routes then) and ~6
+    a minute idle, and make test is CPU-bound on 2 cores: a third shared stack cost more than the
+    parallelism it gave. gw0 is always one of them: its stack is `.local`, a `make up` stack."""
     return max(1, workers - 1)
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadfile`, but a worker gets its next module only once it runs its last test, and
-    only `shared_stacks(workers)` workers run modules on a shared stack.
+    only the first `shared_stacks(workers)` workers run modules on a shared stack.
 
     xdist hands a module over when two tests are left, so a worker running a module of one or two
     tests (the scaffold copy) got two more modules queued behind it, and a long module could end up
@@ -120,7 +121,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
             if node in self.stack_nodes:
                 allowed = [s for s in self.workqueue if shared(s)] or list(self.workqueue)
-            elif len(self.stack_nodes) < shared_stacks(len(self.nodes)):
+            elif int(node.gateway.id.removeprefix("gw")) < shared_stacks(len(self.nodes)):
                 allowed = list(self.workqueue)
             else:
                 allowed = [s for s in self.workqueue if not shared(s)]
