@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from dev.apt import apt_install_commands
@@ -200,6 +201,30 @@ def airflow_db_state(pg: Postgres) -> dict[str, object]:
     return {"distributions": distributions, "revisions": revisions}
 
 
+def watcher(service: Service, pid: int, started_here: bool, proc_env: dict[str, str]) -> Callable[[], None]:
+    """A check for the waits of `up`. A service that `up` started and that exits fails `up` at once,
+    with its exit code and log, instead of at the health timeout. One that was running already and
+    exits (it was stopping: a SIGTERM just before `up`) is started again, once."""
+    current = {"pid": pid, "restartable": not started_here}
+
+    def check() -> None:
+        if procs.is_alive(current["pid"]):
+            return
+        if current["restartable"]:
+            print(
+                f"  {service.name}: pid {current['pid']} exited as up began (it was stopping); starting it again"
+            )
+            current.update(pid=procs.start(service.name, service.cmd, proc_env, LOCAL), restartable=False)
+            return
+        code = procs.exit_code(current["pid"])
+        status = f" with exit code {code}" if code is not None else ""
+        raise procs.StackError(
+            f"{service.name} exited{status} while starting{procs.log_tail(procs.log_file(service.name))}"
+        )
+
+    return check
+
+
 def migrate_airflow_db(pg: Postgres, proc_env: dict[str, str]) -> None:
     """`airflow db migrate`, unless this database is at the revisions it had after the last migrate
     by the same Airflow and providers (a restart then skips ~5 CPU-seconds of Airflow start-up)."""
@@ -261,30 +286,35 @@ def up() -> None:
 
     if executor() == "celery":
         ensure_redis(ports, secret)
+    watches = {}
     for service in services(ports):
-        if procs.running_pid(service.name):
-            continue
-        procs.start(service.name, service.cmd, proc_env, LOCAL)
+        pid = procs.running_pid(service.name)
+        started_here = pid is None
+        if started_here:
+            pid = procs.start(service.name, service.cmd, proc_env, LOCAL)
+        watches[service.name] = watcher(service, pid, started_here, proc_env)
     for service in services(ports):
         if service.name == "airflow-api-server":
             continue
+        log, watch = procs.log_file(service.name), watches[service.name]
         if service.health_url:
-            procs.wait_until(
-                lambda url=service.health_url: procs.http_ok(url),
-                service.name,
-                service.timeout,
-                procs.log_file(service.name),
-            )
-            print(f"  {service.name}: healthy at {service.health_url.rsplit('/', 1)[0]}")
+            url = service.health_url
+            procs.wait_until(lambda url=url: procs.http_ok(url), service.name, service.timeout, log, watch)
+            print(f"  {service.name}: healthy at {url.rsplit('/', 1)[0]}")
         elif service.port:
-            procs.wait_until(
-                procs.port_open(service.port), service.name, service.timeout, procs.log_file(service.name)
-            )
+            procs.wait_until(procs.port_open(service.port), service.name, service.timeout, log, watch)
             print(f"  {service.name}: listening on 127.0.0.1:{service.port}")
+
+    def airflow_alive() -> None:
+        for name, watch in watches.items():
+            if name.startswith("airflow-"):
+                watch()
+
     health = f"{env['AIRFLOW_API_URL']}/api/v2/monitor/health"
     # STACK_HEALTH_TIMEOUT: more patience on a machine busy with other work.
     timeout = float(os.environ.get("STACK_HEALTH_TIMEOUT", "180"))
-    procs.wait_until(lambda: airflow_health(health), "Airflow", timeout, procs.log_file("airflow-api-server"))
+    api_log = procs.log_file("airflow-api-server")
+    procs.wait_until(lambda: airflow_health(health), "Airflow", timeout, api_log, airflow_alive)
     # On the first request to its execution API the api-server builds that API's routes for every
     # version (Cadwyn: ~9 CPU-s) and answers nothing else meanwhile. Ask now, not when the first
     # task starts: then the UI and every REST call stalled ~9 s (30 s and more on a busy machine).

@@ -121,6 +121,10 @@ def require_free_port(port: int, service: str, env_var: str) -> None:
         )
 
 
+# The processes this one started, by pid: their exit codes, and no zombies left unreaped.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def start(name: str, cmd: Sequence[str], env: dict[str, str], cwd: Path, **popen: object) -> int:
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -137,7 +141,15 @@ def start(name: str, cmd: Sequence[str], env: dict[str, str], cwd: Path, **popen
             **popen,
         )
     pid_file(name).write_text(f"{proc.pid} {start_time(proc.pid)}")
+    _children[proc.pid] = proc
     return proc.pid
+
+
+def exit_code(pid: int) -> int | None:
+    """The exit code of a process this one started, once it has ended; None while it runs, or if
+    this process did not start it."""
+    child = _children.get(pid)
+    return child.poll() if child else None
 
 
 def stop(name: str, timeout: float = 20) -> bool:
@@ -190,17 +202,29 @@ def port_open(port: int) -> Callable[[], bool]:
     return lambda: port_in_use(port)
 
 
-def wait_until(check: Callable[[], bool], what: str, timeout: float, log: Path | None = None) -> None:
+def log_tail(log: Path | None, lines: int = 15) -> str:
+    if not log or not log.exists():
+        return ""
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    return f"\n  last lines of {log}:\n    " + "\n    ".join(tail)
+
+
+def wait_until(
+    check: Callable[[], bool],
+    what: str,
+    timeout: float,
+    log: Path | None = None,
+    watch: Callable[[], None] | None = None,
+) -> None:
+    """Poll check() until it holds; watch() runs between polls and may raise (a process died)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
+        if watch:
+            watch()
         time.sleep(0.5)
-    hint = ""
-    if log and log.exists():
-        tail = log.read_text(errors="replace").splitlines()[-15:]
-        hint = f"\n  last lines of {log}:\n    " + "\n    ".join(tail)
-    raise StackError(f"{what} did not become healthy within {timeout:.0f}s{hint}")
+    raise StackError(f"{what} did not become healthy within {timeout:.0f}s{log_tail(log)}")
 
 
 def http_ok(url: str) -> bool:
