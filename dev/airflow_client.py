@@ -77,6 +77,15 @@ class AirflowClient:
         self.patch(f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
     def trigger(self, dag_id: str, logical_date: datetime | None = None, conf: dict | None = None) -> str:
+        if logical_date:
+            # Airflow creates no task instances before a DAG's start_date: such a run "succeeds" at
+            # once, with nothing loaded. Say so instead.
+            start = self.get(f"/api/v2/dags/{dag_id}/details").get("start_date")
+            if start and logical_date < datetime.fromisoformat(start):
+                raise ValueError(
+                    f"{dag_id} starts at {start}: a run at {logical_date.isoformat()} would run no tasks "
+                    "(Airflow creates none before a DAG's start_date). Pick a logical date on or after it."
+                )
         body: dict[str, Any] = {"logical_date": logical_date.isoformat() if logical_date else None}
         if conf:
             body["conf"] = conf
