@@ -190,6 +190,9 @@ def stack_env(ports: Ports, pg: Postgres, secret: dict[str, str]) -> dict[str, s
         # docker-compose.yaml keeps production-like values (60 s and 300 s, settable in .env).
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
         "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
+        # A task a dead Celery worker had taken but not started (STACK_EXECUTOR=celery) is sent
+        # again after 2 minutes in queued, not Airflow's 10 (compose: AIRFLOW_TASK_QUEUED_TIMEOUT).
+        "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "120",
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "127.0.0.1",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": str(ports.airflow + 715),

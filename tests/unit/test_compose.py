@@ -55,6 +55,7 @@ ENVIRONMENT_SPECIFIC = {
     # them), production-like in compose (set in .env).
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
     "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT",
 }
 # The local stack's auth manager and log servers; compose has FAB and no log servers (shared log volume).
 STACK_ONLY = {
