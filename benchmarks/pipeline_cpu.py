@@ -1,6 +1,6 @@
 """CPU seconds one pipeline run costs on the live stack (`make up` first), by component.
 
-    .venv/bin/python benchmarks/pipeline_cpu.py energy_meters [--logical-date 2023-03-06] [--runs 2]
+    .venv/bin/python benchmarks/pipeline_cpu.py energy_meters [--logical-date YYYY-MM-DD] [--runs 2]
     .venv/bin/python benchmarks/pipeline_cpu.py energy_meters --clear   # and the run cleared, rerun
     .venv/bin/python benchmarks/pipeline_cpu.py --idle 120   # what the stack costs doing nothing
 
@@ -23,11 +23,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
 
-from dev.airflow_client import AirflowClient  # noqa: E402
+from dev.airflow_client import AirflowClient, RunExists  # noqa: E402
 from dev.stack import procs  # noqa: E402 (the stack's own test of "started by this stack")
 from tests.conftest import read_stack_env  # noqa: E402
 
 HZ = os.sysconf("SC_CLK_TCK")
+DEFAULT_FIRST_DAY = datetime(2023, 3, 6, tzinfo=UTC)
 COMPONENTS = (
     ("airflow worker -- ", "executor + task runners"),
     ("airflow scheduler", "scheduler"),
@@ -92,7 +93,11 @@ def report(title: str, machine: float, procs_before: dict, procs_after: dict) ->
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dag_id", nargs="?", help="the pipeline to run (not with --idle)")
-    parser.add_argument("--logical-date", default="2023-03-06")
+    parser.add_argument(
+        "--logical-date",
+        help="the first run's logical date, one day apart after it (default: the first days from "
+        "2023-03-06 this stack has no run at)",
+    )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--clear", action="store_true", help="then clear each run and measure it again")
     parser.add_argument("--idle", type=float, metavar="SECONDS", help="measure the stack idle instead")
@@ -109,20 +114,18 @@ def main() -> None:
     env = read_stack_env(procs.LOCAL / "stack.env")
     client = AirflowClient.from_env(env)
     client.unpause(args.dag_id)
-    first = datetime.fromisoformat(args.logical_date).replace(tzinfo=UTC)
-    for n in range(args.runs):
+    if args.logical_date:
+        first = datetime.fromisoformat(args.logical_date).replace(tzinfo=UTC)
+        dates = [first + timedelta(days=n) for n in range(args.runs)]
+    else:
+        dates = client.days_without_runs(args.dag_id, DEFAULT_FIRST_DAY, args.runs)
+    for logical_date in dates:
         time.sleep(10)  # let the previous run's tail (callbacks, trigger cleanup) pass
         before, procs_before, started = machine_cpu(), stack_processes(), time.monotonic()
-        logical_date = first + timedelta(days=n)
         try:
             run_id = client.trigger(args.dag_id, logical_date=logical_date)
-        except RuntimeError as err:
-            if "HTTP 409" not in str(err):
-                raise
-            sys.exit(
-                f"{args.dag_id} already has a run at {logical_date:%Y-%m-%d} on this stack: "
-                "pick a --logical-date (with --runs, a range of dates) it has not run"
-            )
+        except RunExists as held:
+            sys.exit(f"{held} Leave out --logical-date for the first days without one.")
         run = client.wait_for_run(args.dag_id, run_id, timeout=1800)
         wall = time.monotonic() - started
         title = f"{args.dag_id} {run_id}: {run['state']} in {wall:.1f} s wall"

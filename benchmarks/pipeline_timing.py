@@ -1,6 +1,6 @@
 """Handoff and dbt timing of a real pipeline run on the live stack (`make up` first).
 
-    .venv/bin/python benchmarks/pipeline_timing.py energy_meters [--logical-date 2023-02-10]
+    .venv/bin/python benchmarks/pipeline_timing.py energy_meters [--logical-date YYYY-MM-DD]
 
 Triggers one run through the scheduler, then prints:
   (b) seconds from the Airbyte job's success to the first dbt task starting;
@@ -27,8 +27,11 @@ from urllib.parse import quote
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
 
-from dev.airflow_client import AirflowClient  # noqa: E402
+from dev.airflow_client import AirflowClient, RunExists  # noqa: E402
 from tests.conftest import read_stack_env  # noqa: E402
+
+# The default run: a day of the tests' data (ENERGY_END_DATE=2023-02-28), which make up's data covers.
+DEFAULT_DAY = datetime(2023, 2, 10, tzinfo=UTC)
 
 
 def ts(value: str) -> datetime:
@@ -38,14 +41,24 @@ def ts(value: str) -> datetime:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dag_id")
-    parser.add_argument("--logical-date", default="2023-02-10")
+    parser.add_argument(
+        "--logical-date",
+        help="the run's logical date (default: 2023-02-10, or the first day after it this stack has no run at)",
+    )
     args = parser.parse_args()
     env = read_stack_env(Path(os.environ.get("STACK_HOME", REPO / ".local")) / "stack.env")
     os.environ.update(env)
     client = AirflowClient.from_env(env)
     client.unpause(args.dag_id)
-    logical = datetime.fromisoformat(args.logical_date).replace(tzinfo=UTC)
-    run_id = client.trigger(args.dag_id, logical_date=logical)
+    if args.logical_date:
+        logical = datetime.fromisoformat(args.logical_date).replace(tzinfo=UTC)
+    else:
+        (logical,) = client.days_without_runs(args.dag_id, DEFAULT_DAY, 1)
+    try:
+        run_id = client.trigger(args.dag_id, logical_date=logical)
+    except RunExists as held:
+        sys.exit(f"{held} Leave out --logical-date for the first day without one.")
+    print(f"{args.dag_id} run {run_id} (logical date {logical:%Y-%m-%d})")
     run = client.wait_for_run(args.dag_id, run_id, timeout=1800)
     tis = client.task_instances(args.dag_id, run_id)
     if run["state"] != "success":

@@ -5,11 +5,33 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 TERMINAL = {"success", "failed"}
+
+
+class APIError(RuntimeError):
+    """An HTTP error answer of the REST API; `status` is its HTTP status code."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RunExists(APIError):
+    """A run was triggered for a logical date the DAG already has a run at; `run` is that run."""
+
+    def __init__(self, dag_id: str, logical_date: datetime, run: dict[str, Any]) -> None:
+        super().__init__(
+            f"{dag_id} already has a run at logical date {logical_date.isoformat()}: "
+            f"{run['dag_run_id']} ({run['state']}). Airflow keeps one run per DAG and logical date "
+            "(HTTP 409): clear that run to run the date again, or pick another date.",
+            409,
+        )
+        self.run = run
 
 
 class AirflowClient:
@@ -42,7 +64,7 @@ class AirflowClient:
                 raw = response.read()
         except urllib.error.HTTPError as err:
             detail = err.read().decode(errors="replace")
-            raise RuntimeError(f"{method} {path} -> HTTP {err.code}: {detail}") from None
+            raise APIError(f"{method} {path} -> HTTP {err.code}: {detail}", err.code) from None
         return json.loads(raw) if raw else None
 
     def get(self, path: str) -> Any:
@@ -89,7 +111,32 @@ class AirflowClient:
         body: dict[str, Any] = {"logical_date": logical_date.isoformat() if logical_date else None}
         if conf:
             body["conf"] = conf
-        return self.post(f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+        try:
+            return self.post(f"/api/v2/dags/{dag_id}/dagRuns", body)["dag_run_id"]
+        except APIError as err:
+            # Airflow 3.3 answers a second run at a logical date with a bare "Unique constraint
+            # violation": name the run that holds the date.
+            if err.status != 409 or logical_date is None or not (held := self.run_at(dag_id, logical_date)):
+                raise
+            raise RunExists(dag_id, logical_date, held) from None
+
+    def run_at(self, dag_id: str, logical_date: datetime) -> dict[str, Any] | None:
+        """The DAG's run at exactly this logical date, if it has one."""
+        at = urllib.parse.quote(logical_date.isoformat())
+        path = f"/api/v2/dags/{dag_id}/dagRuns?logical_date_gte={at}&logical_date_lte={at}&limit=1"
+        return next(iter(self.get(path)["dag_runs"]), None)
+
+    def days_without_runs(self, dag_id: str, first: datetime, count: int) -> list[datetime]:
+        """The first `count` days from `first` (at its time of day) the DAG has no run at."""
+        at = urllib.parse.quote(first.isoformat())
+        path = f"/api/v2/dags/{dag_id}/dagRuns?logical_date_gte={at}&order_by=logical_date&limit=1000"
+        held = {datetime.fromisoformat(r["logical_date"]) for r in self.get(path)["dag_runs"]}
+        days, day = [], first
+        while len(days) < count:
+            if day not in held:
+                days.append(day)
+            day += timedelta(days=1)
+        return days
 
     def run(self, dag_id: str, run_id: str) -> dict[str, Any]:
         return self.get(f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}")

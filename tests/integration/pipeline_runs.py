@@ -8,7 +8,7 @@ import urllib.request
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from dev.airflow_client import AirflowClient
+from dev.airflow_client import AirflowClient, RunExists
 
 ENERGY_CONNECTION = "4d2f7268-e2ac-4fa7-a3a6-97286f22d617"
 ECOMMERCE_CONNECTION = "c19e6614-68eb-489d-94b1-58e56dfa934e"
@@ -29,16 +29,9 @@ def run_dag(
     airflow.unpause(dag_id)
     try:
         run_id = airflow.trigger(dag_id, logical_date=logical_date, conf=conf)
-    except RuntimeError as err:
-        if "409" not in str(err) or logical_date is None:
-            raise
+    except RunExists as held:
         # A stack kept from an earlier session already ran this date: run it again.
-        runs = airflow.get(f"/api/v2/dags/{dag_id}/dagRuns?limit=200")["dag_runs"]
-        run_id = next(
-            r["dag_run_id"]
-            for r in runs
-            if r["logical_date"] and r["logical_date"][:19] == logical_date.isoformat()[:19]
-        )
+        run_id = held.run["dag_run_id"]
         airflow.post(
             f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/clear", {"dry_run": False}
         )
