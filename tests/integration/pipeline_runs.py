@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -30,12 +29,12 @@ def run_dag(
     try:
         run_id = airflow.trigger(dag_id, logical_date=logical_date, conf=conf)
     except RunExists as held:
-        # A stack kept from an earlier session already ran this date: run it again.
+        # A stack kept from an earlier session already ran this date: run it again. The clear
+        # answers once the run is queued again, so wait_for_run cannot see its old end state.
         run_id = held.run["dag_run_id"]
         airflow.post(
             f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/clear", {"dry_run": False}
         )
-        time.sleep(2)
     run = airflow.wait_for_run(dag_id, run_id, timeout=timeout)
     run["task_instances"] = {ti["task_id"]: ti for ti in airflow.task_instances(dag_id, run_id)}
     return run
