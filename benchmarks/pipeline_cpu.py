@@ -23,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
 
-from dev.airflow_client import AirflowClient, RunExists  # noqa: E402
+from dev.airflow_client import AirflowClient, RunExists, logical_day  # noqa: E402
 from dev.stack import procs  # noqa: E402 (the stack's own test of "started by this stack")
 from tests.conftest import read_stack_env  # noqa: E402
 
@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("dag_id", nargs="?", help="the pipeline to run (not with --idle)")
     parser.add_argument(
         "--logical-date",
+        type=logical_day,
+        metavar="YYYY-MM-DD",
         help="the first run's logical date, one day apart after it (default: the first days from "
         "2023-03-06 this stack has no run at)",
     )
@@ -115,7 +117,7 @@ def main() -> None:
     client = AirflowClient.from_env(env)
     client.unpause(args.dag_id)
     if args.logical_date:
-        first = datetime.fromisoformat(args.logical_date).replace(tzinfo=UTC)
+        first = args.logical_date
         dates = [first + timedelta(days=n) for n in range(args.runs)]
     else:
         dates = client.days_without_runs(args.dag_id, DEFAULT_FIRST_DAY, args.runs)

@@ -27,7 +27,7 @@ from urllib.parse import quote
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "plugins"), str(REPO)]
 
-from dev.airflow_client import AirflowClient, RunExists  # noqa: E402
+from dev.airflow_client import AirflowClient, RunExists, logical_day  # noqa: E402
 from tests.conftest import read_stack_env  # noqa: E402
 
 # The default run: a day of the tests' data (ENERGY_END_DATE=2023-02-28), which make up's data covers.
@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("dag_id")
     parser.add_argument(
         "--logical-date",
+        type=logical_day,
+        metavar="YYYY-MM-DD",
         help="the run's logical date (default: 2023-02-10, or the first day after it this stack has no run at)",
     )
     args = parser.parse_args()
@@ -51,7 +53,7 @@ def main() -> None:
     client = AirflowClient.from_env(env)
     client.unpause(args.dag_id)
     if args.logical_date:
-        logical = datetime.fromisoformat(args.logical_date).replace(tzinfo=UTC)
+        logical = args.logical_date
     else:
         (logical,) = client.days_without_runs(args.dag_id, DEFAULT_DAY, 1)
     try:

@@ -7,10 +7,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 TERMINAL = {"success", "failed"}
+
+
+def logical_day(value: str) -> datetime:
+    """A day (YYYY-MM-DD) as the logical date of that day's run: 00:00 UTC."""
+    return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
 
 
 class APIError(RuntimeError):
