@@ -29,7 +29,7 @@ PROJECT = "managed_elt"
 LAYER_PREFIXES = {"staging": ("stg_",), "intermediate": ("int_",), "marts": ("fct_", "dim_")}
 LAYER_MATERIALIZATIONS = {
     "staging": {"view"},
-    "intermediate": {"view", "ephemeral"},
+    "intermediate": {"view", "ephemeral", "table"},
     "marts": {"table", "incremental"},
 }
 SELECTOR_METHODS = {"tag", "path", "fqn"}
@@ -198,6 +198,27 @@ def test_windowed_marts_are_dbt_microbatch_by_utc_day(models):
         assert "refuse_windowed_full_refresh" in models[name]["raw_code"], name
     # Batches filter the readings on the start of the interval each reading covers.
     assert models["int_energy_readings_unpivoted"]["config"]["event_time"] == "interval_start_at"
+
+
+def test_stored_models_that_microbatch_reads_are_indexed_on_their_event_time(manifest, models):
+    """A batch reads its parent's rows of one day: without an index on the parent's event_time
+    every batch of every run scans the parent's whole history."""
+    nodes = manifest["nodes"]
+    read = {
+        parent
+        for model in models.values()
+        if model["config"].get("incremental_strategy") == "microbatch"
+        for parent in model["depends_on"]["nodes"]
+        if parent.startswith("model.") and nodes[parent]["config"]["materialized"] in ("table", "incremental")
+    }
+    assert "model.managed_elt.int_energy_readings_unpivoted" in read
+    unindexed = [
+        parent
+        for parent in sorted(read)
+        if [nodes[parent]["config"]["event_time"]]
+        not in [index["columns"] for index in nodes[parent]["config"].get("indexes") or []]
+    ]
+    assert not unindexed, f"read by microbatch without an index on their event_time: {unindexed}"
 
 
 def test_the_custom_window_strategy_is_gone():
