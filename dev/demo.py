@@ -69,6 +69,18 @@ def rows_per_stream(env: dict[str, str], spec, since: datetime) -> list[str]:
     return lines
 
 
+def window_of(task_instances: list[dict]) -> str:
+    """The window the run's dbt rebuilt, as its tasks got it (rendered DBT_EVENT_TIME_START/_END,
+    see docs/contracts.md). A run triggered without a logical date has no data interval in the API,
+    but its dbt still built the latest complete one."""
+    for ti in task_instances:
+        env = (ti.get("rendered_fields") or {}).get("env") or {}
+        if "DBT_EVENT_TIME_START" in env:
+            start, end = env["DBT_EVENT_TIME_START"], env.get("DBT_EVENT_TIME_END", "")
+            return f"{start} -> {end} (UTC)" if start else "everything (no window)"
+    return "none (no dbt task ran)"
+
+
 def start_run(client: AirflowClient, dag_id: str) -> str:
     """Unpause the DAG and follow the run the scheduler creates for its latest interval.
 
@@ -137,7 +149,7 @@ def main() -> int:
             start, end = (datetime.fromisoformat(run[k]) for k in ("start_date", "end_date"))
             ok &= run["state"] == "success"
             print(f"{spec.name}: {run['state'].upper()} in {(end - start).total_seconds():.0f}s")
-            print(f"  window      {run.get('data_interval_start')} -> {run.get('data_interval_end')}")
+            print(f"  window      {window_of(tis)}")
             for line in rows_per_stream(env, spec, since):
                 print(f"  {line}")
             print(
