@@ -44,6 +44,7 @@ COPY --chown=airflow:0 plugins/ plugins/
 COPY --chown=airflow:0 include/ include/
 COPY --chown=airflow:0 dev/compose/container_hostname.py container_hostname.py
 COPY --chown=airflow:0 dev/compose/airflow-worker.sh bin/airflow-worker.sh
+COPY --chown=airflow:0 dev/compose/healthcheck.py bin/healthcheck.py
 
 # The manifest Cosmos renders DAGs from (LoadMode.DBT_MANIFEST): parsing never runs dbt.
 RUN python -m elt.dbt \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -299,14 +300,67 @@ def test_down_leaves_nothing_and_up_again_keeps_data(home: Path) -> None:
         assert conn.execute("select id from keep_me").fetchall() == [(42,)]
 
 
-def test_celery_executor_runs_a_pipeline_on_worker_processes(home: Path) -> None:
-    """STACK_EXECUTOR=celery: Redis and two Celery worker processes instead of LocalExecutor (started
-    so by test_down_leaves_nothing_and_up_again_keeps_data)."""
+def _celery_stack(home: Path) -> dict[str, str]:
+    """The stack with STACK_EXECUTOR=celery (left up by test_down_leaves_nothing_and_up_again_keeps_data)."""
     if runner(home, "status", **CELERY).returncode != 0:  # run alone
         assert runner(home, "down").returncode == 0
         up = runner(home, "up", **CELERY, ENERGY_END_DATE="2023-02-28")
         assert up.returncode == 0, up.stdout + up.stderr
-    env = read_stack_env(home / "stack.env")
+    return read_stack_env(home / "stack.env")
+
+
+HEALTHCHECK = REPO / "dev" / "compose" / "healthcheck.py"
+
+
+def test_the_compose_healthchecks_agree_with_airflow(home: Path) -> None:
+    """dev/compose/healthcheck.py (the compose services' checks, without an Airflow import) says what
+    `airflow jobs check --local` says of this stack's triggerer and dag-processor, and that its
+    Celery workers answer a ping."""
+    env = {**os.environ, **_celery_stack(home)}
+
+    def ours(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, str(HEALTHCHECK), *args]
+        return subprocess.run(command, env={**env, **extra}, capture_output=True, text=True, timeout=60)
+
+    def airflows(job_type: str, *args: str) -> int:
+        command = [str(REPO / ".venv" / "bin" / "airflow"), "jobs", "check", "--job-type", job_type, *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300).returncode
+
+    for job_type in ("TriggererJob", "DagProcessorJob"):
+        result = ours("job", job_type)
+        assert (result.returncode, result.stdout, airflows(job_type, "--local")) == (0, "healthy\n", 0), (
+            job_type,
+            result.stdout + result.stderr,
+        )
+    # A host that runs no triggerer (`getpass.getuser` as the hostname callable names it "root" or so).
+    elsewhere = ours("job", "TriggererJob", AIRFLOW__CORE__HOSTNAME_CALLABLE="getpass.getuser")
+    assert elsewhere.returncode == 1 and "no running TriggererJob of host" in elsewhere.stdout, elsewhere
+    assert airflows("TriggererJob", "--hostname", elsewhere.stdout.split()[-1]) == 1
+    # A heartbeat older than the threshold is unhealthy.
+    stale = ours("job", "TriggererJob", AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD="0.001")
+    assert stale.returncode == 1 and "last heartbeat" in stale.stdout, stale
+
+    logs = "".join((home / "logs" / f"airflow-worker-{n}.log").read_text() for n in (1, 2))
+    nodes = sorted(set(re.findall(r"(worker\d@\S+) ready\.", logs)))
+    assert len(nodes) == 2, logs[-2000:]
+    for node in nodes:
+        result = ours("celery", node)
+        assert (result.returncode, result.stdout) == (0, "healthy\n"), (node, result.stdout + result.stderr)
+    sys.path.insert(0, str(HEALTHCHECK.parent))
+    try:
+        from healthcheck import check_celery
+    finally:
+        sys.path.remove(str(HEALTHCHECK.parent))
+    assert (
+        check_celery("celery@no-such-worker", env, timeout=2)
+        == "no reply from celery@no-such-worker to a Celery ping"
+    )
+
+
+def test_celery_executor_runs_a_pipeline_on_worker_processes(home: Path) -> None:
+    """STACK_EXECUTOR=celery: Redis and two Celery worker processes instead of LocalExecutor (started
+    so by test_down_leaves_nothing_and_up_again_keeps_data)."""
+    env = _celery_stack(home)
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     client = AirflowClient.from_env(env)
     client.wait_for_dags(["energy_meters"], timeout=300)

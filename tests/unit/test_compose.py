@@ -108,6 +108,12 @@ def test_production_services_and_local_override() -> None:
 def test_long_running_services_have_healthchecks(service: str) -> None:
     check = SERVICES[service].get("healthcheck")
     assert check and check.get("test"), f"{service} has no healthcheck"
+    # Not the airflow or celery CLI: each imports Airflow, ~3 CPU-s a check (dev/compose/healthcheck.py).
+    command = " ".join(check["test"][1:])
+    assert not re.match(r"(airflow|celery)\b", command), f"{service}: {command}"
+    if "healthcheck.py" in command:
+        image = (REPO / "Dockerfile").read_text()
+        assert "COPY --chown=airflow:0 dev/compose/healthcheck.py bin/healthcheck.py" in image
 
 
 @pytest.mark.parametrize("service", LOCAL_SERVICES)
