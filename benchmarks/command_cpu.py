@@ -14,8 +14,7 @@ This is how make test's CPU was broken down (README, "Testing").
 `--by-stack` also sums it by the stack a process belongs to (the `ELT_STACK_HOME` every process
 the stack starts carries, else its parent's stack, else a stack home it works in): what each test
 stack costs from its start to its stop, scenarios, start-up and idle time together. Under
-`make test`, compose-test's containers count for `.local` (its Docker engine's roots are there):
-for the test stacks alone, measure the pytest command.
+`make test`, compose-test (its build, engine and containers) counts as no stack.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# A private Docker engine for this checkout: own socket, state and pid file under .local/docker.
+# A private Docker engine for this checkout: own socket, state and pid file under .local-docker
+# (not under .local: the local stack counts every process working under its home as its own, and
+# `make down` would stop the containers' shims with it).
 # It never talks to another daemon. Usage: dockerd.sh start|stop|env
 set -euo pipefail
-ROOT=${ELT_DOCKER_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/.local/docker}
+ROOT=${ELT_DOCKER_DIR:-$(cd "$(dirname "$0")/../.." && pwd)/.local-docker}
 SOCK=$ROOT/docker.sock
 PIDFILE=$ROOT/dockerd.pid
 export DOCKER_HOST=unix://$SOCK

@@ -2,7 +2,7 @@
 both pipelines through its scheduler and Celery workers, kill a worker mid-run, tear it all down.
 
 Everything listens on 127.0.0.1 (host networking; ports from COMPOSE_TEST_* variables). The engine
-(dev/docker/dockerd.sh) keeps its images under .local/docker between runs (the warm cache); its
+(dev/docker/dockerd.sh) keeps its images under .local-docker between runs (the warm cache); its
 containers, volumes and the daemon itself are removed on every exit, failure included.
 """
 
@@ -33,7 +33,7 @@ from dev.airflow_client import AirflowClient  # noqa: E402
 from dev.apt import apt_install_commands  # noqa: E402
 
 STATE = REPO / ".local" / "compose-test"
-DOCKER_DIR = REPO / ".local" / "docker"
+DOCKER_DIR = REPO / ".local-docker"  # not under .local (dev/docker/dockerd.sh)
 COMPOSE_TOOLS = REPO / ".local" / "compose-tools"
 COMPOSE_VERSION = "2.40.3"
 PROJECT = "elt-compose-test"
