@@ -59,22 +59,11 @@ status: ## show which services of the stack are running
 demo: install ## start the stack, run every pipeline once through the scheduler, print a summary, stop
 	@$(PYTHON) -m dev.demo
 
-COMPOSE_TEST_LOG := .local/compose-test/make-test.log
-
-# compose-test runs beside pytest: much of its time is downloads, image builds and waits for a
-# killed worker's task to be retried, which the test stacks' CPU work fills (make test on 2 cores:
-# ~3 min less than one after the other). Its log is printed after pytest's summary.
-test: install lock-check browser ## the whole test suite (what CI runs): pytest, with compose-test beside it
+test: install lock-check browser ## the whole test suite (what CI runs), then compose-test
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	@mkdir -p $(dir $(COMPOSE_TEST_LOG))
-	@echo "compose-test: running beside pytest (follow it: tail -f $(COMPOSE_TEST_LOG))"
-	@UV=$(UV) $(PYTHON) tests/deploy/compose_test.py >$(COMPOSE_TEST_LOG) 2>&1 & compose_pid=$$!; \
-	  trap 'kill -TERM $$compose_pid 2>/dev/null; wait $$compose_pid; exit 130' INT TERM; \
-	  $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; pytest_status=$$?; \
-	  wait $$compose_pid; compose_status=$$?; \
-	  echo "---- compose-test (ran beside pytest; $(COMPOSE_TEST_LOG)) ----"; cat $(COMPOSE_TEST_LOG); \
-	  if [ $$pytest_status -ne 0 ]; then exit $$pytest_status; fi; exit $$compose_status
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	@$(MAKE) --no-print-directory compose-test
 
 compose-test: $(VENV)/.installed | $(UV) ## build the images, run both pipelines on the compose deployment (private dockerd), tear down
 	@UV=$(UV) $(PYTHON) tests/deploy/compose_test.py

@@ -8,7 +8,7 @@ import os
 def apt_install_commands(packages: list[str]) -> list[list[str]]:
     """The commands that install `packages` non-interactively (through sudo unless root)."""
     sudo = [] if os.geteuid() == 0 else ["sudo"]
-    # make test runs compose-test beside pytest: both may install at once; wait for dpkg's lock.
+    # Two installs at once (compose-test in one terminal, `make up` in another): wait for dpkg's lock.
     wait = ["-o", "DPkg::Lock::Timeout=600"]
     return [
         [*sudo, "apt-get", *wait, "update", "-qq"],
