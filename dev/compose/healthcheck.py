@@ -1,12 +1,13 @@
-"""Container health checks that cost a few hundredths of a CPU-second, not an Airflow import.
+"""Container health checks that cost 0.07-0.4 CPU-seconds, not an Airflow import (~3.3).
 
     python bin/healthcheck.py job TriggererJob       # what `airflow jobs check --job-type TriggererJob --local` checks
     python bin/healthcheck.py job DagProcessorJob
     python bin/healthcheck.py celery [NODE]          # what `celery --app <Airflow's app> inspect ping -d NODE` checks
 
-`airflow jobs check` and `celery --app airflow...` import Airflow: ~3 CPU-seconds a check. Every
-30 s for the triggerer, the dag-processor and each worker, that kept ~0.44 of a core busy in an
-idle deployment of two workers. These read the same things from the same places:
+`airflow jobs check` and `celery --app airflow...` import Airflow: ~3.3 CPU-seconds a check. Every
+30 s for the triggerer, the dag-processor and each worker, an idle deployment of two workers cost
+0.63 of a core; with these, 0.21 (benchmarks/compose_idle_cpu.py). They read the same things from
+the same places:
 - job: this container's newest running job of that type (its host named by `[core]
   hostname_callable`, as Airflow names it) has a heartbeat within Airflow's threshold for the type
   (`[triggerer] triggerer_health_check_threshold`, `[dag_processor] health_check_threshold`,
