@@ -251,7 +251,11 @@ def migrate_airflow_db(pg: Postgres, proc_env: dict[str, str]) -> None:
 def up() -> None:
     started = time.monotonic()
     ports = Ports.from_env()
-    secret = load_secrets()
+    secret = load_secrets(
+        airflow_running=any(
+            procs.running_pid(s.name) for s in services(ports) if s.name.startswith("airflow-")
+        )
+    )
     pg = postgres_settings(ports, secret)
     env = stack_env(ports, pg, secret)
     write_stack_env(env)

@@ -87,15 +87,27 @@ def executor() -> str:
     return name
 
 
-def load_secrets() -> dict[str, str]:
-    """Local-only credentials, generated once and kept in .local/ (git-ignored)."""
+# Airflow signs task tokens with HS512 given a shared secret: RFC 7518 (3.2) wants 64 bytes or more.
+JWT_SECRET_MIN_LENGTH = 64
+
+
+def load_secrets(airflow_running: bool = False) -> dict[str, str]:
+    """Local-only credentials, generated once and kept in .local/ (git-ignored).
+
+    A JWT secret shorter than HS512 needs (generated before this rule) is replaced, but only while
+    no Airflow service runs: the ones running would keep signing or checking with the old one."""
     LOCAL.mkdir(parents=True, exist_ok=True)
     current = json.loads(SECRETS_FILE.read_text()) if SECRETS_FILE.exists() else {}
+    if (
+        not airflow_running
+        and len(current.get("jwt_secret", "x" * JWT_SECRET_MIN_LENGTH)) < JWT_SECRET_MIN_LENGTH
+    ):
+        del current["jwt_secret"]
     wanted = {
         "postgres_password": lambda: secrets.token_urlsafe(18),
         "admin_password": lambda: secrets.token_urlsafe(12),
         "fernet_key": lambda: base64.urlsafe_b64encode(os.urandom(32)).decode(),
-        "jwt_secret": lambda: secrets.token_urlsafe(32),
+        "jwt_secret": lambda: secrets.token_urlsafe(JWT_SECRET_MIN_LENGTH),
         "api_secret_key": lambda: secrets.token_urlsafe(32),
         "redis_password": lambda: secrets.token_urlsafe(18),
         "airbyte_client_id": lambda: "local-" + secrets.token_hex(8),

@@ -284,7 +284,7 @@ def write_env(bases: dict[str, str]) -> dict[str, str]:
         "AIRFLOW_ADMIN_PASSWORD": token(12),
         "AIRFLOW_FERNET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
         "AIRFLOW_API_SECRET_KEY": token(24),
-        "AIRFLOW_JWT_SECRET": token(32),
+        "AIRFLOW_JWT_SECRET": token(64),  # HS512: 64 bytes or more (airflow-init checks)
         "AIRFLOW_BASE_URL": f"http://127.0.0.1:{PORTS['AIRFLOW_PORT']}",
         "AIRFLOW_WORKERS": "2",
         # A killed worker's task is failed (then retried elsewhere) after this many seconds.
