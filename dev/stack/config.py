@@ -98,11 +98,8 @@ def load_secrets(airflow_running: bool = False) -> dict[str, str]:
     no Airflow service runs: the ones running would keep signing or checking with the old one."""
     LOCAL.mkdir(parents=True, exist_ok=True)
     current = json.loads(SECRETS_FILE.read_text()) if SECRETS_FILE.exists() else {}
-    if (
-        not airflow_running
-        and len(current.get("jwt_secret", "x" * JWT_SECRET_MIN_LENGTH)) < JWT_SECRET_MIN_LENGTH
-    ):
-        del current["jwt_secret"]
+    if not airflow_running and len(current.get("jwt_secret", "")) < JWT_SECRET_MIN_LENGTH:
+        current.pop("jwt_secret", None)  # generated again below
     wanted = {
         "postgres_password": lambda: secrets.token_urlsafe(18),
         "admin_password": lambda: secrets.token_urlsafe(12),
