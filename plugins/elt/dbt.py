@@ -203,10 +203,10 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
     return group
 
 
-# How often a watcher model task's trigger reads its model's result from the producer's XCom.
-# Cosmos's 10 s lets the first level of model tasks lag dbt by up to 10 s. Not much lower: a trigger
-# that fires within a second or two of its task deferring can meet the scheduler's stale "success"
-# of the deferral and fail the task (apache/airflow#67287, #72716; Airflow 3.3.2 guards only part).
+# How often a watcher model task's trigger reads its model's result from the producer's XCom, once
+# the task has deferred (after watching in its worker for elt.watcher.WATCH_IN_WORKER_SECONDS).
+# Not much lower: a trigger that fires within a second or two of its task deferring can meet the
+# scheduler's stale "success" of the deferral and fail the task (apache/airflow#67287, #72716).
 WATCHER_POKE_SECONDS = 5.0
 
 

@@ -19,10 +19,20 @@ Automatic retries are unchanged. A clear is told by the run's clear_number, whic
 from the UI, the CLI or the REST API adds one to (unless the API is asked for reset_dag_runs=false:
 then a cleared model task reads the producer's last results). A fix that belongs in Cosmos; kept
 here as small subclasses.
+
+A model task (first attempt, or watching the producer's attempt of a clear) first watches its
+model's result in its worker, every WATCH_INTERVAL_SECONDS for up to WATCH_IN_WORKER_SECONDS, and
+only then defers (Cosmos's trigger, polling every `poke_interval`, frees the slot for a long wait).
+Deferring at once made each model task report up to a poll interval after dbt had built its model,
+then start again from the trigger's event; and a trigger that fires within a second or two of its
+task deferring can meet the scheduler's stale "success" of the deferral and fail the task
+(apache/airflow#67287, #72716): most model tasks now never defer.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,6 +49,12 @@ from cosmos.operators.watcher import (
 
 # XCom of the producer: the dag run's clear_number its running attempt belongs to.
 CLEAR_NUMBER_KEY = "elt_producer_clear_number"
+
+# A model task checks its model's result in its worker this often, for up to this long, then defers.
+WATCH_INTERVAL_SECONDS = 0.5
+WATCH_IN_WORKER_SECONDS = 30.0
+
+log = logging.getLogger(__name__)
 
 
 def first_attempt_since_clear(ti: Any, retries: int | None) -> bool:
@@ -91,14 +107,15 @@ class _ClearAwareConsumer:
     poke_interval: float
     retries: int | None
     deferrable: bool
+    poke_retry_number: int
+    model_unique_id: str
 
     def execute(self, context: Any, **kwargs: Any) -> Any:
         if _cleared(context, self.retries):
             recorded = context["ti"].xcom_pull(task_ids=self.producer_task_id, key=CLEAR_NUMBER_KEY)
             if recorded == clear_number(context):
-                # Watch in this process: the producer may report this model within seconds, and a
-                # trigger firing that soon after its task deferred can meet the scheduler's stale
-                # "success" of the deferral and fail the task (apache/airflow#67287).
+                self.watch_in_worker(context)
+                # Then keep watching here: a cleared run's producer attempt already ran a while.
                 deferrable, self.deferrable = self.deferrable, False
                 try:
                     return super().execute(as_first_try(context), **kwargs)  # type: ignore[misc]
@@ -107,7 +124,29 @@ class _ClearAwareConsumer:
             if not is_producer_task_terminated(self._get_producer_task_status(context)):  # type: ignore[attr-defined]
                 # Its attempt of this clear has not started: what its XComs hold is from before.
                 raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=self.poke_interval))
+        elif context["ti"].try_number == 1:
+            self.watch_in_worker(context)
         return super().execute(context, **kwargs)  # type: ignore[misc]
+
+    def watch_in_worker(self, context: Any) -> None:
+        """Return once the model's result is known, the producer has ended, or the window is over.
+
+        Cosmos's execute then decides from the same XComs (success, skip, failure, its fallback or
+        a deferral). Each check that finds nothing counts as Cosmos's poke would, so a producer that
+        fails after the task started fails the task rather than starting the task's own dbt.
+        """
+        deadline = time.monotonic() + WATCH_IN_WORKER_SECONDS
+        ti = context["ti"]
+        log.info("Watching '%s' in this worker for up to %g s", self.model_unique_id, WATCH_IN_WORKER_SECONDS)
+        while True:
+            if self._get_node_status(ti, context) is not None:  # type: ignore[attr-defined]
+                return
+            if is_producer_task_terminated(self._get_producer_task_status(context)):  # type: ignore[attr-defined]
+                return
+            self.poke_retry_number += 1
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(WATCH_INTERVAL_SECONDS)
 
 
 class RunWatcher(_ClearAwareConsumer, DbtRunWatcherOperator):

@@ -4,35 +4,59 @@ The attempts follow Airflow's own bookkeeping: a task starts with max_tries = re
 adds one to try_number only; clearing sets max_tries = try_number + retries (then the next attempt
 adds one to try_number) and adds one to the run's clear_number. Cosmos's own execute is replaced
 by a recorder: what is checked is which attempt Cosmos is shown and whether the task waits.
+Before Cosmos's execute, a model task's first attempt watches the producer's XComs in its worker
+(elt.watcher.watch_in_worker); the XCom keys are the ones Cosmos's producer writes.
 """
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowRescheduleException
+from airflow.sdk.exceptions import AirflowException, AirflowRescheduleException
 from cosmos.operators._watcher.base import BaseConsumerSensor
 from cosmos.operators.watcher import DbtProducerWatcherOperator
 
+from elt import watcher
 from elt.watcher import CLEAR_NUMBER_KEY, ProducerWatcher, RunWatcher, TestWatcher
 
 PRODUCER = "dbt.dbt_producer_watcher"
 
 
 class FakeTI:
-    """The parts of a RuntimeTaskInstance the watcher tasks use."""
+    """The parts of a RuntimeTaskInstance the watcher tasks use.
+
+    `reports`: (key, value) the producer pushes when its status key has been read that many times
+    without it (dbt finishing the model while the task watches); `reads`: how often it was read.
+    """
 
     def __init__(self, try_number: int, max_tries: int, xcoms: dict | None = None) -> None:
         self.try_number, self.max_tries = try_number, max_tries
         self.xcoms = xcoms if xcoms is not None else {}
+        self.reports: tuple[int, str, Any] | None = None
+        self.reads = 0
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcoms[(PRODUCER, key)] = value
 
     def xcom_pull(self, task_ids: str, key: str) -> Any:
+        if key.endswith("_status"):
+            self.reads += 1
+            if self.reports and self.reads > self.reports[0]:
+                self.xcoms[(PRODUCER, self.reports[1])] = self.reports[2]
         return self.xcoms.get((task_ids, key))
+
+
+def status_key(task: Any) -> str:
+    """The XCom key Cosmos's producer reports a model's (or its tests') result under."""
+    suffix = "_tests_status" if task.task_id.endswith(".test") else "_status"
+    return task.model_unique_id.replace(".", "__") + suffix
+
+
+def reported(task: Any) -> Any:
+    return "pass" if task.task_id.endswith(".test") else {"status": "success", "outlet_uris": []}
 
 
 def attempt(retries: int, history: str) -> tuple[int, int, int]:
@@ -50,13 +74,16 @@ def context(ti: FakeTI, clear_number: int) -> dict:
 
 
 @pytest.fixture
-def tasks(dagbag):
+def tasks(dagbag, monkeypatch):
     dag = dagbag.dags["energy_meters"]
-    return {
+    found = {
         "producer": dag.get_task(PRODUCER),
         "run": dag.get_task("dbt.stg_energy_meters__muid_1.run"),
         "test": dag.get_task("dbt.stg_energy_meters__muid_1.test"),
     }
+    for task in ("run", "test"):  # as in a task's own process: no pokes counted yet
+        monkeypatch.setattr(found[task], "poke_retry_number", 0)
+    return found
 
 
 deferred: list[bool] = []
@@ -76,6 +103,16 @@ def shown(monkeypatch) -> list[int]:
     monkeypatch.setattr(DbtProducerWatcherOperator, "execute", record)
     monkeypatch.setattr(BaseConsumerSensor, "execute", record)
     return seen
+
+
+@pytest.fixture(autouse=True)
+def producer_state(monkeypatch) -> dict[str, str]:
+    """The producer's task state as the model tasks read it (running unless a test says otherwise)."""
+    state = {"value": "running"}
+    monkeypatch.setattr(BaseConsumerSensor, "_get_producer_task_status", lambda self, ctx: state["value"])
+    monkeypatch.setattr(watcher, "WATCH_INTERVAL_SECONDS", 0.01)
+    monkeypatch.setattr(watcher, "WATCH_IN_WORKER_SECONDS", 0.3)
+    return state
 
 
 def test_the_rendered_watcher_tasks_are_the_clear_aware_ones(tasks) -> None:
@@ -112,7 +149,9 @@ def test_a_cleared_model_task_watches_the_producers_attempt_of_this_clear(tasks,
     consumer = tasks[task]
     try_number, max_tries, clears = attempt(consumer.retries, "c")
     ti = FakeTI(try_number, max_tries, {(PRODUCER, CLEAR_NUMBER_KEY): clears})
+    ti.reports = (2, status_key(consumer), reported(consumer))
     consumer.execute(context(ti, clears))
+    assert ti.reads == 3  # watched in its worker until the producer reported the model
     assert shown == [1]
     assert deferred == [False]  # pokes in its worker: no trigger firing seconds after a deferral
 
@@ -148,6 +187,70 @@ def test_a_model_task_cleared_alone_keeps_cosmos_fallback(tasks, shown, monkeypa
 def test_first_attempts_and_retries_of_model_tasks_are_cosmos_own(tasks, shown, task, history) -> None:
     consumer = tasks[task]
     try_number, max_tries, clears = attempt(consumer.retries, history)
-    consumer.execute(context(FakeTI(try_number, max_tries), clears))
+    ti = FakeTI(try_number, max_tries)
+    ti.reports = (0, status_key(consumer), reported(consumer))
+    consumer.execute(context(ti, clears))
     assert shown == [try_number]
     assert deferred == [True]  # Cosmos's deferrable watch
+    # A first attempt read its model's result (there at once) before Cosmos's execute; a retry
+    # goes straight to Cosmos's (its fallback when the producer has ended).
+    assert ti.reads == (1 if history == "" else 0)
+
+
+@pytest.mark.parametrize("task", ["run", "test"])
+def test_a_model_task_watches_in_its_worker_until_dbt_reports_its_model(tasks, shown, task) -> None:
+    consumer = tasks[task]
+    ti = FakeTI(1, consumer.retries)
+    ti.reports = (5, status_key(consumer), reported(consumer))
+    consumer.execute(context(ti, 0))
+    assert ti.reads == 6
+    assert consumer.poke_retry_number == 5  # each empty check counted, as Cosmos's poke counts them
+    assert shown == [1] and deferred == [True]  # Cosmos's execute then finds the result: no deferral
+
+
+def test_a_model_task_hands_over_to_cosmos_deferral_when_the_window_ends(tasks, shown) -> None:
+    consumer = tasks["run"]
+    ti = FakeTI(1, consumer.retries)
+    started = time.monotonic()
+    consumer.execute(context(ti, 0))
+    assert time.monotonic() - started >= watcher.WATCH_IN_WORKER_SECONDS
+    assert ti.reads >= 10  # kept checking every WATCH_INTERVAL_SECONDS
+    assert shown == [1] and deferred == [True]
+
+
+def test_a_producer_failing_while_a_model_task_watches_fails_the_task(
+    tasks, producer_state, monkeypatch
+) -> None:
+    """Cosmos's own execute (not the recorder): no result for the model and the producer failed
+    after the task started is the producer's failure, not a reason to run the model's own dbt."""
+    consumer = tasks["run"]
+    fallbacks: list[int] = []
+    monkeypatch.setattr(
+        type(consumer), "_fallback_to_non_watcher_run", lambda self, n, ctx: fallbacks.append(n) or True
+    )
+    ti = FakeTI(1, consumer.retries)
+    original = ti.xcom_pull
+
+    def pull(task_ids: str, key: str) -> Any:
+        if ti.reads == 3:
+            producer_state["value"] = "failed"
+        return original(task_ids, key)
+
+    ti.xcom_pull = pull
+    with pytest.raises(AirflowException, match="failed in producer task"):
+        consumer.execute(context(ti, 0))
+    assert fallbacks == []
+
+
+def test_a_producer_failed_before_the_model_task_started_keeps_cosmos_fallback(
+    tasks, producer_state, monkeypatch
+) -> None:
+    """As Cosmos's first poke: the producer failed before this task ran (its upstream failed)."""
+    consumer = tasks["run"]
+    fallbacks: list[int] = []
+    monkeypatch.setattr(
+        type(consumer), "_fallback_to_non_watcher_run", lambda self, n, ctx: fallbacks.append(n) or True
+    )
+    producer_state["value"] = "failed"
+    consumer.execute(context(FakeTI(1, consumer.retries), 0))
+    assert fallbacks == [1]
