@@ -12,6 +12,11 @@ from .context import ServerContext
 from .settings import Settings, SettingsError
 from .workspace import WorkspaceError
 
+# On SIGTERM, requests still in flight after this long are cancelled and the shutdown goes on (the
+# supervisor stops the job workers). Without it, a request held by an injected hang or drop-reply
+# fault kept the server up until `dev.stack down` killed it, 20 s later, with no shutdown run.
+GRACEFUL_SHUTDOWN_SECONDS = 3
+
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -21,7 +26,13 @@ def main() -> int:
     except (SettingsError, WorkspaceError) as exc:
         print(f"local Airbyte server: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(create_app(context), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(
+        create_app(context),
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
     return 0
 
 

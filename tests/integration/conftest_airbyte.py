@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+
+from dev.stack.procs import is_alive
 
 REPO = Path(__file__).resolve().parents[2]
 ECOMMERCE = "c19e6614-68eb-489d-94b1-58e56dfa934e"
@@ -38,6 +41,21 @@ class StackServer:
 
     def start(self) -> None:
         subprocess.run([sys.executable, "-m", "dev.stack", "up"], cwd=REPO, check=True, capture_output=True)
+
+    def terminate(self, timeout: float = 30) -> str:
+        """SIGTERM, as `dev.stack down` stops it, then SIGKILL after `timeout`; return what it logged."""
+        log = self.stack_home / "logs" / "airbyte.log"
+        seen = log.stat().st_size
+        pid = int((self.stack_home / "run" / "airbyte.pid").read_text().split()[0])
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while is_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if is_alive(pid):  # as `dev.stack down` does after its wait
+            os.killpg(pid, signal.SIGKILL)
+        with log.open("rb") as handle:
+            handle.seek(seen)
+            return handle.read().decode(errors="replace")
 
 
 @dataclass

@@ -382,6 +382,20 @@ def test_fault_drop_reply_creates_the_job_but_times_the_client_out(
     hook.cancel_job(created[0].job_id)
 
 
+def test_a_reply_held_by_a_fault_does_not_hold_up_the_servers_shutdown(local_airbyte: LocalAirbyte) -> None:
+    """`dev.stack down` SIGTERMs the server and SIGKILLs it 20 s later: a request held for minutes
+    by a fault must not keep it from running its shutdown (the supervisor stopping its workers)."""
+    local_airbyte.local("POST", "/faults/drop-reply", {"seconds": 600, "pathPrefix": "/workspaces"})
+    with pytest.raises(httpx.TimeoutException):
+        httpx.get(f"{local_airbyte.base_url}/api/public/v1/workspaces", timeout=1)
+    try:
+        logged = local_airbyte.server.terminate(timeout=15)
+    finally:
+        local_airbyte.server.start()
+    assert "timeout graceful shutdown exceeded" in logged, logged
+    assert "Application shutdown complete" in logged, logged
+
+
 def _jobs(hook: AirbyteHook) -> list:
     request = api.ListJobsRequest(connection_id=ECOMMERCE, limit=20)
     return list(hook.airbyte_api.jobs.list_jobs(request=request).jobs_response.data)
