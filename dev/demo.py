@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dev.airflow_client import AirflowClient
+from dev.airflow_client import AirflowClient, APIError
 from dev.stack import __main__ as stack
 from dev.stack.config import STACK_ENV
 
@@ -51,12 +53,51 @@ def dbt_counts(selector: str, ran_models: int) -> tuple[int, int]:
     return len(tagged), len(tests) + len(unit)
 
 
-def rows_per_stream(env: dict[str, str], spec, since: datetime) -> list[str]:
+def airbyte_job_started(env: dict[str, str], job_id: int) -> datetime:
+    """When Airbyte started the job (its public API's startTime)."""
+    conn = json.loads(env["AIRFLOW_CONN_AIRBYTE_DEFAULT"])
+    base = conn["host"].rstrip("/")
+    body = json.dumps({"client_id": conn["login"], "client_secret": conn["password"]}).encode()
+    request = urllib.request.Request(f"{base}/applications/token", data=body, method="POST")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        token = json.load(response)["access_token"]
+    request = urllib.request.Request(f"{base}/jobs/{job_id}")
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return datetime.fromisoformat(json.load(response)["startTime"].replace("Z", "+00:00"))
+
+
+def synced_since(
+    client: AirflowClient, env: dict[str, str], dag_id: str, run_id: str, connection, run_started: datetime
+) -> datetime:
+    """Rows extracted from then on came with this run's sync: the start of the Airbyte job its sync
+    task started or attached to (a sync already running when the run began, started before it),
+    else the run's start (no job: e.g. a backfill run whose sync was skipped)."""
+    path = (
+        f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+        f"/taskInstances/airbyte_{connection.name}.sync/xcomEntries/return_value"
+    )
+    try:
+        job_id = client.get(path)["value"]
+    except APIError as err:
+        if err.status != 404:  # 404: the task pushed no job id
+            raise
+        return run_started
+    if job_id is None:
+        return run_started
+    return min(run_started, airbyte_job_started(env, int(job_id)))
+
+
+def rows_per_stream(
+    env: dict[str, str], spec, client: AirflowClient, run_id: str, run_started: datetime
+) -> list[str]:
     import psycopg
 
     lines = []
     with psycopg.connect(env["WAREHOUSE_URL"]) as conn:
         for connection in spec.airbyte.connections:
+            since = synced_since(client, env, spec.name, run_id, connection, run_started)
             for stream in connection.streams:
                 table = f'{connection.destination_schema}."{stream.name}"'
                 total, new = conn.execute(
@@ -150,7 +191,7 @@ def main() -> int:
             ok &= run["state"] == "success"
             print(f"{spec.name}: {run['state'].upper()} in {(end - start).total_seconds():.0f}s")
             print(f"  window      {window_of(tis)}")
-            for line in rows_per_stream(env, spec, since):
+            for line in rows_per_stream(env, spec, client, run_id, since):
                 print(f"  {line}")
             print(
                 f"  dbt         {dbt_ok}/{len(dbt_tis)} dbt tasks succeeded ({models} models, {tests} tests)"
