@@ -6,11 +6,11 @@ import json
 import sys
 import time
 import urllib.parse
-import urllib.request
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+from dev.airbyte_api import AirbyteAPI
 from dev.airflow_client import AirflowClient, APIError
 from dev.stack import __main__ as stack
 from dev.stack.config import STACK_ENV
@@ -55,17 +55,8 @@ def dbt_counts(selector: str, ran_models: int) -> tuple[int, int]:
 
 def airbyte_job_started(env: dict[str, str], job_id: int) -> datetime:
     """When Airbyte started the job (its public API's startTime)."""
-    conn = json.loads(env["AIRFLOW_CONN_AIRBYTE_DEFAULT"])
-    base = conn["host"].rstrip("/")
-    body = json.dumps({"client_id": conn["login"], "client_secret": conn["password"]}).encode()
-    request = urllib.request.Request(f"{base}/applications/token", data=body, method="POST")
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        token = json.load(response)["access_token"]
-    request = urllib.request.Request(f"{base}/jobs/{job_id}")
-    request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return datetime.fromisoformat(json.load(response)["startTime"].replace("Z", "+00:00"))
+    started = AirbyteAPI.from_connection(env).get(f"/jobs/{job_id}")["startTime"]
+    return datetime.fromisoformat(started.replace("Z", "+00:00"))
 
 
 def synced_since(

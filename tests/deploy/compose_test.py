@@ -29,6 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from dev.airbyte_api import AirbyteAPI  # noqa: E402
 from dev.airflow_client import AirflowClient  # noqa: E402
 from dev.apt import apt_install_commands  # noqa: E402
 
@@ -346,16 +347,8 @@ def wait_healthy(engine: Engine) -> None:
 
 
 def airbyte_jobs(env: dict[str, str], connection_id: str) -> list[dict]:
-    base = env["AIRBYTE_API_URL"].rstrip("/")
-    body = json.dumps({"client_id": env["AIRBYTE_CLIENT_ID"], "client_secret": env["AIRBYTE_CLIENT_SECRET"]})
-    request = urllib.request.Request(f"{base}/applications/token", data=body.encode(), method="POST")
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        token = json.load(response)["access_token"]
-    request = urllib.request.Request(f"{base}/jobs?connectionId={connection_id}&limit=100")
-    request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.load(response)["data"]
+    api = AirbyteAPI(env["AIRBYTE_API_URL"], env["AIRBYTE_CLIENT_ID"], env["AIRBYTE_CLIENT_SECRET"])
+    return api.get(f"/jobs?connectionId={connection_id}&limit=100")["data"]
 
 
 def meter_readings(muid: str, day: datetime) -> list[dict]:

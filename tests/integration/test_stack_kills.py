@@ -10,14 +10,12 @@ beside test_stack.py; the connector syncs only the days the runs need (ENERGY_ST
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import TypeVar
 import psycopg
 import pytest
 
+from dev.airbyte_api import AirbyteAPI
 from dev.airflow_client import AirflowClient
 from tests.conftest import read_stack_env
 from tests.integration import test_stack
@@ -89,25 +88,10 @@ def kill_stack(home: Path) -> dict[str, str]:
     return env
 
 
-def _airbyte_token(env: dict[str, str]) -> tuple[str, str]:
-    conn = json.loads(env["AIRFLOW_CONN_AIRBYTE_DEFAULT"])
-    base = conn["host"].rstrip("/")
-    body = json.dumps({"client_id": conn["login"], "client_secret": conn["password"]}).encode()
-    request = urllib.request.Request(f"{base}/applications/token", data=body, method="POST")
-    request.add_header("Content-Type", "application/json")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return base, json.load(response)["access_token"]
-
-
 def energy_sync_jobs(env: dict[str, str], after: int = 0) -> list[dict]:
     """The energy connection's sync jobs with ids above `after` (job ids only grow), oldest first."""
-    base, token = _airbyte_token(env)
-    request = urllib.request.Request(
-        f"{base}/jobs?connectionId={ENERGY_CONNECTION}&jobType=sync&limit=100&orderBy=createdAt|DESC"
-    )
-    request.add_header("Authorization", f"Bearer {token}")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        jobs = json.load(response)["data"]
+    path = f"/jobs?connectionId={ENERGY_CONNECTION}&jobType=sync&limit=100&orderBy=createdAt|DESC"
+    jobs = AirbyteAPI.from_connection(env).get(path)["data"]
     return sorted((j for j in jobs if j["jobId"] > after), key=lambda j: j["jobId"])
 
 
