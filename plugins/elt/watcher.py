@@ -11,10 +11,11 @@ the old result (and the producer, skipped, rebuilt nothing).
 Here the first attempt after a clear, by Airflow's own rule (try_number == max_tries - retries + 1,
 as in `RuntimeTaskInstance.get_first_reschedule_date`), is treated as a first attempt:
 - the producer records the run's `clear_number`, then runs `dbt build`;
-- a model task waits, rescheduled (no worker slot held), until the producer's attempt of this
-  clear has recorded it, then watches that attempt (poking in its worker, not deferred). If the
-  producer ended without running in this clear (only the model task was cleared, or the
-  producer's retry was skipped), the model task keeps Cosmos's behaviour and runs its own dbt.
+- a model task waits until the producer's attempt of this clear has recorded it (in its worker
+  for up to WATCH_IN_WORKER_SECONDS, then rescheduled: no slot held), then watches that attempt
+  (poking in its worker, not deferred). If the producer ended without running in this clear (only
+  the model task was cleared, or the producer's retry was skipped), the model task keeps Cosmos's
+  behaviour and runs its own dbt.
 Automatic retries are unchanged. A clear is told by the run's clear_number, which every clear
 from the UI, the CLI or the REST API adds one to (unless the API is asked for reset_dag_runs=false:
 then a cleared model task reads the producer's last results). A fix that belongs in Cosmos; kept
@@ -53,6 +54,12 @@ CLEAR_NUMBER_KEY = "elt_producer_clear_number"
 # A model task checks its model's result in its worker this often, for up to this long, then defers.
 WATCH_INTERVAL_SECONDS = 0.5
 WATCH_IN_WORKER_SECONDS = 30.0
+# A cleared model task whose producer has not started within that window tries again this much later.
+# Not sooner: a task process's executor event reaches the scheduler up to [workers]
+# min_heartbeat_interval (5 s) after it exits (the supervisor's select then has no socket left to
+# wake it), and an event that arrives after the rescheduled try was queued again, same try_number,
+# fails that try ("finished with state success, but the task instance's state attribute is queued").
+RESCHEDULE_SECONDS = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +119,7 @@ class _ClearAwareConsumer:
 
     def execute(self, context: Any, **kwargs: Any) -> Any:
         if _cleared(context, self.retries):
-            recorded = context["ti"].xcom_pull(task_ids=self.producer_task_id, key=CLEAR_NUMBER_KEY)
-            if recorded == clear_number(context):
+            if self.wait_for_the_producer_of_this_clear(context):
                 self.watch_in_worker(context)
                 # Then keep watching here: a cleared run's producer attempt already ran a while.
                 deferrable, self.deferrable = self.deferrable, False
@@ -123,10 +129,25 @@ class _ClearAwareConsumer:
                     self.deferrable = deferrable
             if not is_producer_task_terminated(self._get_producer_task_status(context)):  # type: ignore[attr-defined]
                 # Its attempt of this clear has not started: what its XComs hold is from before.
-                raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=self.poke_interval))
+                raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=RESCHEDULE_SECONDS))
         elif context["ti"].try_number == 1:
             self.watch_in_worker(context)
         return super().execute(context, **kwargs)  # type: ignore[misc]
+
+    def wait_for_the_producer_of_this_clear(self, context: Any) -> bool:
+        """True once the producer's attempt of this clear has recorded it (it starts beside the
+        model tasks); False if the producer has ended without (Cosmos's fallback then) or has not
+        started within the window (the task is then rescheduled)."""
+        deadline = time.monotonic() + WATCH_IN_WORKER_SECONDS
+        while True:
+            recorded = context["ti"].xcom_pull(task_ids=self.producer_task_id, key=CLEAR_NUMBER_KEY)
+            if recorded == clear_number(context):
+                return True
+            if is_producer_task_terminated(self._get_producer_task_status(context)):  # type: ignore[attr-defined]
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(WATCH_INTERVAL_SECONDS)
 
     def watch_in_worker(self, context: Any) -> None:
         """Return once the model's result is known, the producer has ended, or the window is over.

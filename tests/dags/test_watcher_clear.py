@@ -11,10 +11,12 @@ Before Cosmos's execute, a model task's first attempt watches the producer's XCo
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from airflow.configuration import conf
 from airflow.sdk.exceptions import AirflowException, AirflowRescheduleException
 from cosmos.operators._watcher.base import BaseConsumerSensor
 from cosmos.operators.watcher import DbtProducerWatcherOperator
@@ -30,6 +32,7 @@ class FakeTI:
 
     `reports`: (key, value) the producer pushes when its status key has been read that many times
     without it (dbt finishing the model while the task watches); `reads`: how often it was read.
+    `records`: (n, clear_number) the producer's new attempt records after n reads of its marker.
     """
 
     def __init__(self, try_number: int, max_tries: int, xcoms: dict | None = None) -> None:
@@ -37,6 +40,8 @@ class FakeTI:
         self.xcoms = xcoms if xcoms is not None else {}
         self.reports: tuple[int, str, Any] | None = None
         self.reads = 0
+        self.records: tuple[int, int] | None = None
+        self.marker_reads = 0
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcoms[(PRODUCER, key)] = value
@@ -46,6 +51,10 @@ class FakeTI:
             self.reads += 1
             if self.reports and self.reads > self.reports[0]:
                 self.xcoms[(PRODUCER, self.reports[1])] = self.reports[2]
+        if key == CLEAR_NUMBER_KEY:
+            self.marker_reads += 1
+            if self.records and self.marker_reads > self.records[0]:
+                self.xcoms[(PRODUCER, key)] = self.records[1]
         return self.xcoms.get((task_ids, key))
 
 
@@ -110,9 +119,14 @@ def producer_state(monkeypatch) -> dict[str, str]:
     """The producer's task state as the model tasks read it (running unless a test says otherwise)."""
     state = {"value": "running"}
     monkeypatch.setattr(BaseConsumerSensor, "_get_producer_task_status", lambda self, ctx: state["value"])
+    return state
+
+
+@pytest.fixture(autouse=True)
+def short_watch(monkeypatch) -> None:
+    """Not the producer_state fixture: the tests that parametrize producer_state replace it."""
     monkeypatch.setattr(watcher, "WATCH_INTERVAL_SECONDS", 0.01)
     monkeypatch.setattr(watcher, "WATCH_IN_WORKER_SECONDS", 0.3)
-    return state
 
 
 def test_the_rendered_watcher_tasks_are_the_clear_aware_ones(tasks) -> None:
@@ -166,9 +180,33 @@ def test_a_cleared_model_task_waits_while_the_producers_attempt_has_not_started(
     try_number, max_tries, clears = attempt(consumer.retries, "c")
     # the marker of the attempt before the clear is still there
     ti = FakeTI(try_number, max_tries, {(PRODUCER, CLEAR_NUMBER_KEY): clears - 1})
-    with pytest.raises(AirflowRescheduleException):
+    started = datetime.now(UTC)
+    with pytest.raises(AirflowRescheduleException) as rescheduled:
         consumer.execute(context(ti, clears))
     assert shown == []
+    assert ti.marker_reads >= 10  # it waited in its worker first, checking every WATCH_INTERVAL_SECONDS
+    # then asks to run again well after its executor event has reached the scheduler: up to the
+    # supervisor's min_heartbeat_interval after the process exits
+    latency = timedelta(seconds=conf.getint("workers", "min_heartbeat_interval"))
+    assert rescheduled.value.reschedule_date >= started + 3 * latency
+
+
+@pytest.mark.parametrize("task", ["run", "test"])
+def test_a_cleared_model_task_waits_in_its_worker_for_the_producers_attempt_to_start(
+    tasks, shown, task
+) -> None:
+    """The producer's attempt starts beside the model tasks: a task that started first is not
+    rescheduled (a try rescheduled for seconds later met the executor's event of the try before
+    and was failed), it waits and then watches."""
+    consumer = tasks[task]
+    try_number, max_tries, clears = attempt(consumer.retries, "c")
+    ti = FakeTI(try_number, max_tries, {(PRODUCER, CLEAR_NUMBER_KEY): clears - 1})
+    ti.records = (4, clears)
+    ti.reports = (2, status_key(consumer), reported(consumer))
+    consumer.execute(context(ti, clears))
+    assert ti.marker_reads == 5
+    assert ti.reads == 3  # then watched until the producer reported the model
+    assert shown == [1] and deferred == [False]
 
 
 @pytest.mark.parametrize("producer_state", ["success", "failed", "skipped"])
