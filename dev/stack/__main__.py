@@ -339,7 +339,12 @@ def up() -> None:
 
 def down() -> None:
     ports = Ports.from_env()
-    stopped = [s.name for s in reversed(services(ports)) if procs.stop(s.name)]
+    names = [s.name for s in services(ports)]
+    # Side by side, in two waves: the Airflow processes that run tasks and triggers (a task in
+    # flight is stopped with them), then what those talk to as they shut down (the api-server,
+    # Celery's broker, the local Airbyte and meter API, the alert receivers); Postgres last.
+    runners = [name for name in names if name.startswith("airflow-") and name != "airflow-api-server"]
+    stopped = procs.stop_all(runners) + procs.stop_all([name for name in names if name not in runners])
     if postgres.stop():
         stopped.append("postgres")
     leftovers = procs.kill_stragglers()
