@@ -14,8 +14,10 @@ as in `RuntimeTaskInstance.get_first_reschedule_date`), is treated as a first at
 - a model task waits until the producer's attempt of this clear has recorded it (in its worker
   for up to WATCH_IN_WORKER_SECONDS, then rescheduled: no slot held), then watches that attempt
   (poking in its worker, not deferred). If the producer ended without running in this clear (only
-  the model task was cleared, or the producer's retry was skipped), the model task keeps Cosmos's
-  behaviour and runs its own dbt.
+  the model task was cleared, or the producer's retry was skipped), the model task runs its own
+  dbt (Cosmos's fallback). That includes a task that had not run before the clear (upstream_failed,
+  cleared with the failed tasks as the runbook says): Cosmos would read the producer's old result,
+  'failed' for a model dbt skipped after a failed test, and fail it into a retry.
 Automatic retries are unchanged. A clear is told by the run's clear_number, which every clear
 from the UI, the CLI or the REST API adds one to (unless the API is asked for reset_dag_runs=false:
 then a cleared model task reads the producer's last results). A fix that belongs in Cosmos; kept
@@ -94,8 +96,10 @@ def as_first_try(context: Any) -> Any:
 
 
 def _cleared(context: Any, retries: int | None) -> bool:
+    """The first attempt since a clear: of a task that ran before it, or of one that had not run
+    (upstream_failed, cleared with the failed tasks), in a run cleared at least once."""
     ti = context["ti"]
-    return ti.try_number > 1 and first_attempt_since_clear(ti, retries)
+    return first_attempt_since_clear(ti, retries) and (ti.try_number > 1 or clear_number(context) > 0)
 
 
 class ProducerWatcher(DbtProducerWatcherOperator):
@@ -130,7 +134,10 @@ class _ClearAwareConsumer:
             if not is_producer_task_terminated(self._get_producer_task_status(context)):  # type: ignore[attr-defined]
                 # Its attempt of this clear has not started: what its XComs hold is from before.
                 raise AirflowRescheduleException(datetime.now(UTC) + timedelta(seconds=RESCHEDULE_SECONDS))
-        elif context["ti"].try_number == 1:
+            # The producer ended without running in this clear: its XComs are from before (a model
+            # dbt skipped for a failed upstream reads 'failed' there), so the model's own dbt runs.
+            return self._fallback_to_non_watcher_run(context["ti"].try_number, context)  # type: ignore[attr-defined]
+        if context["ti"].try_number == 1:
             self.watch_in_worker(context)
         return super().execute(context, **kwargs)  # type: ignore[misc]
 

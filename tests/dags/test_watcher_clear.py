@@ -210,14 +210,28 @@ def test_a_cleared_model_task_waits_in_its_worker_for_the_producers_attempt_to_s
 
 
 @pytest.mark.parametrize("producer_state", ["success", "failed", "skipped"])
-def test_a_model_task_cleared_alone_keeps_cosmos_fallback(tasks, shown, monkeypatch, producer_state) -> None:
-    """The producer ended without running in this clear: Cosmos's retry path (its own dbt) runs."""
-    consumer = tasks["run"]
+@pytest.mark.parametrize("task", ["run", "test"])
+@pytest.mark.parametrize("ran_before", [True, False])
+def test_a_model_task_cleared_while_the_producer_stays_ended_runs_its_own_dbt(
+    tasks, shown, monkeypatch, producer_state, task, ran_before
+) -> None:
+    """The producer ended without running in this clear (only the model task was cleared, or the
+    failed tasks were and the producer's skipped retry was not): its XComs are from before, so
+    Cosmos's fallback runs the model's own dbt. Also for a task that had not run before the clear
+    (upstream_failed: try_number 1 after it), which read the old 'failed' and failed into a retry."""
+    consumer = tasks[task]
     monkeypatch.setattr(type(consumer), "_get_producer_task_status", lambda self, ctx: producer_state)
-    try_number, max_tries, clears = attempt(consumer.retries, "c")
+    fallbacks: list[int] = []
+    monkeypatch.setattr(
+        type(consumer), "_fallback_to_non_watcher_run", lambda self, n, ctx: fallbacks.append(n) or True
+    )
+    try_number, max_tries, clears = attempt(consumer.retries, "c") if ran_before else (1, consumer.retries, 1)
+    # the producer's XComs from before the clear: dbt skipped this model after an upstream test failed
     ti = FakeTI(try_number, max_tries, {(PRODUCER, CLEAR_NUMBER_KEY): clears - 1})
+    ti.xcoms[(PRODUCER, status_key(consumer))] = "fail" if task == "test" else {"status": "failed"}
     consumer.execute(context(ti, clears))
-    assert shown == [try_number]
+    assert fallbacks == [try_number]
+    assert shown == []  # not Cosmos's watch, which would fail on the old result
 
 
 @pytest.mark.parametrize("task", ["run", "test"])

@@ -315,10 +315,17 @@ def test_a_failing_dbt_test_is_named_in_the_page_and_clearing_the_run_resolves_i
         conn.execute("delete from raw_energy.muid_1 where _airbyte_raw_id = %s", (BAD_ROW_ID,))
     recorded_before = len(pages(recorded(), "resolve"))
     run_callback = dag_callback_ran(stack_env, ENERGY, "success")
+    tries = {ti["task_id"]: ti["try_number"] for ti in client.task_instances(ENERGY, run_id)}
+    failed = {t for t, state in states.items() if state in ("failed", "upstream_failed")}
+    assert failed, states
     client.post(
         f"/api/v2/dags/{ENERGY}/dagRuns/{quoted(run_id)}/clear", {"dry_run": False, "only_failed": True}
     )
     assert client.wait_for_run(ENERGY, run_id, timeout=900)["state"] == "success"
+    # Each cleared task succeeded on its first attempt after the clear: none read the producer's
+    # results from before it (a model dbt had skipped reads 'failed' there) and failed into a retry.
+    after = {ti["task_id"]: (ti["state"], ti["try_number"]) for ti in client.task_instances(ENERGY, run_id)}
+    assert {t: after[t] for t in failed} == {t: ("success", tries[t] + 1) for t in failed}
     got = settle(recorded, lambda g: len(pages(g, "resolve")) > recorded_before, run_callback)
     assert triggers[0]["dedup_key"] in [r["dedup_key"] for r in pages(got, "resolve")]
 
