@@ -42,15 +42,26 @@ def backfill_runs(airflow, backfill: dict) -> list[dict]:
 
 
 def wait_for_backfill(airflow, backfill_id: int, expected_runs: int, timeout: float = 1200) -> list[dict]:
+    """The backfill's runs, once they have all ended. (Airflow creates them all at once; the scheduler
+    marks the backfill completed only on a 30-s timer: wait_until_no_backfill_is_active.)"""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        backfill = airflow.get(f"/api/v2/backfills/{backfill_id}")
-        runs = backfill_runs(airflow, backfill)
-        done = [r for r in runs if r["state"] in ("success", "failed")]
-        if backfill.get("completed_at") and len(done) == expected_runs:
+        runs = backfill_runs(airflow, airflow.get(f"/api/v2/backfills/{backfill_id}"))
+        if len(runs) == expected_runs and all(r["state"] in ("success", "failed") for r in runs):
             return runs
-        time.sleep(5)
+        time.sleep(3)
     raise TimeoutError(f"backfill {backfill_id} did not finish in {timeout}s")
+
+
+def wait_until_no_backfill_is_active(airflow, timeout: float = 120) -> None:
+    """Airflow refuses a backfill of a DAG while another is not completed (AlreadyRunningBackfill)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        backfills = airflow.get(f"/api/v2/backfills?dag_id={DAG_ID}&limit=100")["backfills"]
+        if all(b["completed_at"] for b in backfills):
+            return
+        time.sleep(2)
+    raise TimeoutError(f"a backfill of {DAG_ID} was still active after {timeout}s")
 
 
 def latest_backfill_id(airflow) -> int:
@@ -58,7 +69,8 @@ def latest_backfill_id(airflow) -> int:
     return max(b["id"] for b in backfills)
 
 
-def cli_backfill(stack: dict[str, str], *args: str) -> None:
+def cli_backfill(airflow, stack: dict[str, str], *args: str) -> None:
+    wait_until_no_backfill_is_active(airflow)
     result = subprocess.run(
         [str(REPO / ".venv" / "bin" / "airflow"), "backfill", "create", "--dag-id", DAG_ID, *args],
         env={**os.environ, **stack},
@@ -106,7 +118,7 @@ def first_backfill(airflow, stack):
     airflow.unpause(DAG_ID)
     before = energy_jobs()
     started = time.monotonic()
-    cli_backfill(stack, "--from-date", "2023-02-01", "--to-date", "2023-02-02")
+    cli_backfill(airflow, stack, "--from-date", "2023-02-01", "--to-date", "2023-02-02")
     backfill_id = latest_backfill_id(airflow)
     runs = wait_for_backfill(airflow, backfill_id, 2)
     return {"runs": runs, "new_jobs": energy_jobs() - before, "seconds": time.monotonic() - started}
@@ -126,11 +138,43 @@ def test_backfill_starts_at_most_one_sync(first_backfill) -> None:
     assert len(first_backfill["new_jobs"]) <= 1, first_backfill["new_jobs"]
 
 
+def test_a_range_rebuilt_in_one_run_equals_the_per_day_runs(first_backfill, airflow, stack) -> None:
+    """2023-02-01..02 were built by the backfill's two runs and match the meter API. One manual run
+    (the trigger form's rebuild params) rebuilds both at once: their mart rows are deleted first,
+    so the run must build every row again, equal to the per-day runs'. (It runs while the scheduler
+    has yet to mark the backfill completed, which it does on a 30-s timer.)"""
+    first, last = date(2023, 2, 1), date(2023, 2, 2)
+    per_day = energy_marts(stack, first, last)
+    assert len(per_day["daily"]) == 4 and len(per_day["hourly"]) == 96, {
+        k: len(v) for k, v in per_day.items()
+    }
+    with psycopg.connect(stack["WAREHOUSE_URL"]) as conn:
+        conn.execute(
+            "delete from analytics_marts.fct_energy_daily where reading_date between %s and %s", (first, last)
+        )
+        conn.execute(
+            "delete from analytics_marts.fct_energy_hourly where hour_start_at >= %s::date and hour_start_at < %s::date + 1",
+            (first, last),
+        )
+    assert energy_marts(stack, first, last) == {"daily": [], "hourly": []}
+    run = run_dag(airflow, DAG_ID, conf={"rebuild_start": first.isoformat(), "rebuild_end": last.isoformat()})
+    assert run["state"] == "success", {task: ti["state"] for task, ti in run["task_instances"].items()}
+    assert energy_marts(stack, first, last) == per_day
+    assert_marts_match_meter_api(stack, first, last)  # and on its own, against the source's raw data
+
+
 def test_reprocessing_the_backfill_is_idempotent_and_syncs_nothing(first_backfill, airflow, stack) -> None:
     before_rows = energy_marts(stack, date(2023, 2, 1), date(2023, 2, 2))
     before_jobs = energy_jobs()
     cli_backfill(
-        stack, "--from-date", "2023-02-01", "--to-date", "2023-02-02", "--reprocess-behavior", "completed"
+        airflow,
+        stack,
+        "--from-date",
+        "2023-02-01",
+        "--to-date",
+        "2023-02-02",
+        "--reprocess-behavior",
+        "completed",
     )
     runs = wait_for_backfill(airflow, latest_backfill_id(airflow), 2)
     assert {r["state"] for r in runs} == {"success"}
@@ -148,6 +192,7 @@ def test_reprocessing_the_backfill_is_idempotent_and_syncs_nothing(first_backfil
 
 def test_backfill_through_the_rest_api(first_backfill, airflow, stack) -> None:
     before_jobs = energy_jobs()
+    wait_until_no_backfill_is_active(airflow)
     backfill = airflow.post(
         "/api/v2/backfills",
         {
@@ -163,27 +208,3 @@ def test_backfill_through_the_rest_api(first_backfill, airflow, stack) -> None:
     assert {r["state"] for r in runs} == {"success"}
     assert_marts_match_meter_api(stack, date(2023, 2, 3), date(2023, 2, 4))
     assert energy_jobs() == before_jobs
-
-
-def test_a_range_rebuilt_in_one_run_equals_the_per_day_runs(first_backfill, airflow, stack) -> None:
-    """2023-02-01..04 were built by four backfill runs above and match the meter API. One manual run
-    (the trigger form's rebuild params) rebuilds them all at once: their mart rows are deleted
-    first, so the run must build every row again, equal to the per-day runs'."""
-    first, last = date(2023, 2, 1), date(2023, 2, 4)
-    per_day = energy_marts(stack, first, last)
-    assert len(per_day["daily"]) == 8 and len(per_day["hourly"]) == 192, {
-        k: len(v) for k, v in per_day.items()
-    }
-    with psycopg.connect(stack["WAREHOUSE_URL"]) as conn:
-        conn.execute(
-            "delete from analytics_marts.fct_energy_daily where reading_date between %s and %s", (first, last)
-        )
-        conn.execute(
-            "delete from analytics_marts.fct_energy_hourly where hour_start_at >= %s::date and hour_start_at < %s::date + 1",
-            (first, last),
-        )
-    assert energy_marts(stack, first, last) == {"daily": [], "hourly": []}
-    run = run_dag(airflow, DAG_ID, conf={"rebuild_start": first.isoformat(), "rebuild_end": last.isoformat()})
-    assert run["state"] == "success", {task: ti["state"] for task, ti in run["task_instances"].items()}
-    assert energy_marts(stack, first, last) == per_day
-    assert_marts_match_meter_api(stack, first, last)  # and on its own, against the source's raw data
