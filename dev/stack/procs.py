@@ -158,7 +158,7 @@ def stop(name: str, timeout: float = 20) -> bool:
 
 def stop_all(names: Sequence[str], timeout: float = 20) -> list[str]:
     """SIGTERM every named service's process group at once, wait up to `timeout` for them all to
-    exit, SIGKILL what is left: the services shut down side by side (each takes 1-3 s, more under
+    exit, SIGKILL what is left: the services shut down side by side (each takes 1-8 s, more under
     load), not one after another. Returns the names that were running."""
     pids = {name: pid for name in names if (pid := running_pid(name)) is not None}
     for pid in pids.values():

@@ -115,7 +115,6 @@ class _ClearAwareConsumer:
     """Mixed in before a Cosmos consumer class (a model's run or test task)."""
 
     producer_task_id: str
-    poke_interval: float
     retries: int | None
     deferrable: bool
     poke_retry_number: int
