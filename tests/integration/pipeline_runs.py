@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 import urllib.request
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from dev.airflow_client import AirflowClient, RunExists
@@ -137,3 +139,43 @@ def assert_energy_marts_match(
                 actual[key],
                 (kwh, n),
             )
+
+
+def why_retried(
+    airflow: AirflowClient, dag_id: str, run_id: str, task_id: str, stack_home: str | None
+) -> str:
+    """What Airflow recorded about a task's earlier tries in a run: each try's state and times, the
+    run's event log for the task (e.g. the scheduler's "state mismatch"), the end of each earlier
+    try's log, and the scheduler's warnings about it. For assertion messages and warnings."""
+    base = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
+    lines = [f"{task_id} in {run_id}:"]
+    try:
+        tries = airflow.get(f"{base}/tries")["task_instances"]
+    except Exception as err:  # a diagnostic must not hide the failure it explains
+        return f"{lines[0]} (tries unavailable: {err})"
+    for attempt in tries:
+        lines.append(
+            f"  try {attempt['try_number']}: {attempt['state']} {attempt.get('start_date')} -> "
+            f"{attempt.get('end_date')} on {attempt.get('hostname')}"
+        )
+    query = urllib.parse.urlencode({"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "limit": 50})
+    for event in airflow.get(f"/api/v2/eventLogs?{query}")["event_logs"]:
+        lines.append(
+            f"  event {event['when']} {event['event']} try {event.get('try_number')}: {event.get('extra')}"
+        )
+    for attempt in tries[:-1]:
+        try:
+            content = airflow.get(f"{base}/logs/{attempt['try_number']}?full_content=true")["content"]
+        except Exception as err:
+            lines.append(f"  log of try {attempt['try_number']} unavailable: {err}")
+            continue
+        for entry in content[-12:]:
+            if isinstance(entry, dict):
+                entry = f"{entry.get('timestamp', '')} {entry.get('level', '')} {entry.get('event', '')}"
+            lines.append(f"  log {attempt['try_number']}: {str(entry)[:300]}")
+    scheduler_log = Path(stack_home or "", "logs", "airflow-scheduler.log")
+    if stack_home and scheduler_log.exists():
+        for line in scheduler_log.read_text(errors="replace").splitlines():
+            if task_id in line and run_id in line and ("warn" in line.lower() or "error" in line.lower()):
+                lines.append(f"  scheduler: {line[:400]}")
+    return "\n".join(lines)
