@@ -144,13 +144,13 @@ def assert_energy_marts_match(
 def why_retried(
     airflow: AirflowClient, dag_id: str, run_id: str, task_id: str, stack_home: str | None
 ) -> str:
-    """What Airflow recorded about a task's earlier tries in a run: each try's state and times, the
-    run's event log for the task (e.g. the scheduler's "state mismatch"), the end of each earlier
-    try's log, and the scheduler's warnings about it. For assertion messages and warnings."""
+    """What Airflow recorded about a task's tries in a run: each try's state and times, the run's
+    event log for the task (e.g. the scheduler's "state mismatch"), the end of each try's log, and
+    the scheduler's warnings about it. For assertion messages and warnings."""
     base = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.request.quote(run_id, safe='')}/taskInstances/{task_id}"
     lines = [f"{task_id} in {run_id}:"]
     try:
-        tries = airflow.get(f"{base}/tries")["task_instances"]
+        tries = sorted(airflow.get(f"{base}/tries")["task_instances"], key=lambda t: t["try_number"])
     except Exception as err:  # a diagnostic must not hide the failure it explains
         return f"{lines[0]} (tries unavailable: {err})"
     for attempt in tries:
@@ -158,12 +158,17 @@ def why_retried(
             f"  try {attempt['try_number']}: {attempt['state']} {attempt.get('start_date')} -> "
             f"{attempt.get('end_date')} on {attempt.get('hostname')}"
         )
-    query = urllib.parse.urlencode({"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "limit": 50})
-    for event in airflow.get(f"/api/v2/eventLogs?{query}")["event_logs"]:
-        lines.append(
-            f"  event {event['when']} {event['event']} try {event.get('try_number')}: {event.get('extra')}"
+    try:  # the newest 30 events, oldest first
+        query = urllib.parse.urlencode(
+            {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "limit": 30, "order_by": "-id"}
         )
-    for attempt in tries[:-1]:
+        for event in reversed(airflow.get(f"/api/v2/eventLogs?{query}")["event_logs"]):
+            lines.append(
+                f"  event {event['when']} {event['event']} try {event.get('try_number')}: {event.get('extra')}"
+            )
+    except Exception as err:
+        lines.append(f"  event log unavailable: {err}")
+    for attempt in tries:
         try:
             content = airflow.get(f"{base}/logs/{attempt['try_number']}?full_content=true")["content"]
         except Exception as err:
@@ -175,7 +180,11 @@ def why_retried(
             lines.append(f"  log {attempt['try_number']}: {str(entry)[:300]}")
     scheduler_log = Path(stack_home or "", "logs", "airflow-scheduler.log")
     if stack_home and scheduler_log.exists():
-        for line in scheduler_log.read_text(errors="replace").splitlines():
-            if task_id in line and run_id in line and ("warn" in line.lower() or "error" in line.lower()):
-                lines.append(f"  scheduler: {line[:400]}")
+        text = scheduler_log.read_text(errors="replace").splitlines()
+        flagged = [
+            line
+            for line in text
+            if task_id in line and run_id in line and ("warn" in line or "error" in line)
+        ]
+        lines += [f"  scheduler: {line[:400]}" for line in flagged[-20:]]
     return "\n".join(lines)

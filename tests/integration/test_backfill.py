@@ -188,17 +188,20 @@ def test_reprocessing_the_backfill_is_idempotent_and_syncs_nothing(first_backfil
         # and every dbt task succeeded on its attempt of the clear: none failed into a retry (a model
         # task rescheduled while the producer started was failed by the scheduler, then ran its own dbt)
         retried = {ti["task_id"] for ti in tis if ti["try_number"] != 2}
-        explained = {
-            task: why_retried(
-                airflow, DAG_ID, run["dag_run_id"], task, str(Path(stack["AIRFLOW_HOME"]).parent)
+        home = str(Path(stack["AIRFLOW_HOME"]).parent)
+
+        def explained(tasks: set[str], run_id: str = run["dag_run_id"], home: str = home) -> str:
+            return "\n".join(why_retried(airflow, DAG_ID, run_id, task, home) for task in sorted(tasks))
+
+        assert not {t for t in retried if t.startswith("dbt.")}, explained(retried)
+        # Another task's retry (the Airbyte wait retried once in a CI run; its cause was not recorded)
+        # leaves the run's result and data right, as asserted here. Report it with Airflow's record of
+        # its tries, and the sync's (which job it handed over), to find the cause.
+        if retried:
+            warnings.warn(
+                "retried in a reprocessed backfill run:\n" + explained(retried | {"airbyte_energy.sync"}),
+                stacklevel=1,
             )
-            for task in retried
-        }
-        assert not {t for t in retried if t.startswith("dbt.")}, "\n".join(explained.values())
-        # An Airbyte task's retry is Airflow's (the wait retried once in a CI run, cause not recorded):
-        # the run and the data are still right. Report it with what Airflow recorded about it.
-        for text in explained.values():
-            warnings.warn(f"a task retried in a reprocessed backfill run: {text}", stacklevel=1)
     assert energy_marts(stack, date(2023, 2, 1), date(2023, 2, 2)) == before_rows
     assert energy_jobs() == before_jobs, "the raw data already covers the window: no new sync"
 
