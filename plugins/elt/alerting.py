@@ -7,7 +7,8 @@ When it alerts, and where the callback runs in Airflow 3:
 - a failed run: DAG `on_failure_callback` (dag-processor). When the run failed *because a task failed*,
   that task already paged, so only other causes (dagrun_timeout, deadlock) page here.
 - a run whose window is not done by its deadline (interval end + `deadline`) and that has not
-  failed already: a Deadline Alert (`deadline=`) whose AsyncCallback runs in the triggerer.
+  failed already: a Deadline Alert (`deadline=`) whose AsyncCallback runs in the triggerer. Not for
+  backfill runs, nor manual runs triggered after their deadline (re-runs of old windows).
 - the next successful run: DAG `on_success_callback` resolves the PagerDuty incident and posts the
   recovery, if an incident is open.
 
@@ -259,9 +260,33 @@ async def deadline_missed(pipeline: str, routes: str, context: Mapping[str, Any]
         # A backfill of old dates is past its windows' deadlines from the start; its failures still page.
         log.info("Deadline of %s backfill run %s: no page", pipeline, alert.run_id)
         return "not sent: backfill run"
+    if alert.run_type == "manual" and triggered_after_deadline(context):
+        # Someone re-ran an old window (trigger form, CLI, API): like a backfill, it could never meet
+        # that deadline, and its failures still page. A late *scheduled* run (after an outage) pages.
+        log.info(
+            "Deadline of %s manual run %s had passed when it was triggered: no page", pipeline, alert.run_id
+        )
+        return "not sent: manual run triggered after its deadline"
     # The notifiers and connection lookups are synchronous; keep the triggerer's event loop free.
     results = await asyncio.to_thread(page, alert, parsed, dict(context or {}))
     return "; ".join(f"{route}: {error or 'sent'}" for route, error in results.items()) or "silenced"
+
+
+def triggered_after_deadline(context: Mapping[str, Any] | None) -> bool:
+    """Whether the run was created (its `run_after`: the trigger time of a manual run) at or after
+    its deadline. False when either time is missing or unreadable (then the deadline pages)."""
+    context = context or {}
+    times = (
+        (context.get("dag_run") or {}).get("run_after"),
+        (context.get("deadline") or {}).get("deadline_time"),
+    )
+    try:
+        created, deadline = (
+            value if isinstance(value, datetime) else datetime.fromisoformat(str(value)) for value in times
+        )
+    except ValueError:  # None or not a time
+        return False
+    return created.replace(tzinfo=created.tzinfo or UTC) >= deadline.replace(tzinfo=deadline.tzinfo or UTC)
 
 
 # -- paging, recovery, delivery --------------------------------------------------------------------

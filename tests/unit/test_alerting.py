@@ -386,8 +386,10 @@ def test_unknown_incident_state_still_resolves_pagerduty_but_posts_nothing(dag: 
     assert got["slack"] == [] and got["email"] == []
 
 
-def deadline_context(state: str, run_type: str = "scheduled") -> dict[str, Any]:
-    return {  # what Deadline.handle_miss gives the callback
+def deadline_context(
+    state: str, run_type: str = "scheduled", run_after: str | None = "2023-02-02T00:00:00Z"
+) -> dict[str, Any]:
+    return {  # what Deadline.handle_miss gives the callback (the run as the REST API's JSON)
         "dag_run": {
             "dag_id": PIPELINE,
             "dag_run_id": RUN_ID,
@@ -395,6 +397,7 @@ def deadline_context(state: str, run_type: str = "scheduled") -> dict[str, Any]:
             "state": state,
             "data_interval_start": INTERVAL[0].isoformat(),
             "data_interval_end": INTERVAL[1].isoformat(),
+            "run_after": run_after,
         },
         "deadline": {"id": "0199", "deadline_time": datetime(2023, 2, 2, 5, tzinfo=UTC)},
     }
@@ -437,6 +440,36 @@ def test_a_failed_run_or_a_backfill_does_not_page_at_its_deadline(
     results = asyncio.run(alerting.deadline_missed(**deadline.callback.kwargs, context=context))
     assert results.startswith("not sent")
     assert recorded() == {"slack": [], "pagerduty": [], "email": []}
+
+
+@pytest.mark.parametrize(
+    ("run_type", "run_after", "pages"),
+    [
+        ("manual", "2023-03-15T09:00:00Z", False),  # an old window re-run from the trigger form
+        ("manual", "2023-02-02T05:00:00Z", False),  # triggered at the deadline itself
+        ("manual", "2023-02-02T01:00:00Z", True),  # triggered before its deadline: it could meet it
+        ("scheduled", "2023-02-02T09:00:00Z", True),  # a late scheduled run (after an outage) pages
+        ("manual", None, True),  # no trigger time: page rather than stay silent
+        ("manual", "not a time", True),
+    ],
+)
+def test_a_manual_run_triggered_after_its_deadline_does_not_page_at_it(
+    dag: DAG, recorded: Any, run_type: str, run_after: str | None, pages: bool
+) -> None:
+    (deadline,) = dag.deadline  # 2023-02-02T05:00:00Z in deadline_context
+    context = deadline_context("running", run_type, run_after)
+    results = asyncio.run(alerting.deadline_missed(**deadline.callback.kwargs, context=context))
+    assert results.startswith("not sent") is not pages, results
+    assert len(recorded()["pagerduty"]) == int(pages)
+
+
+def test_a_deadline_time_given_as_text_is_read_as_a_time(dag: DAG, recorded: Any) -> None:
+    (deadline,) = dag.deadline
+    context = deadline_context("running", "manual", "2023-03-15T09:00:00Z")
+    context["deadline"]["deadline_time"] = "2023-02-02T05:00:00+00:00"
+    results = asyncio.run(alerting.deadline_missed(**deadline.callback.kwargs, context=context))
+    assert results == "not sent: manual run triggered after its deadline"
+    assert recorded()["pagerduty"] == []
 
 
 def closed_port() -> int:
