@@ -201,7 +201,7 @@ def test_dbt_group_opens_in_the_grid(ui: UI, ui_run: dict) -> None:
 
     Through "Expand all task groups", which opens every group. A click on a group's name toggles
     it, and the grid keeps which groups are open (per DAG, in the browser): a click on a group that
-    an earlier page left open closes it, before its rows have rendered. That failed this test in CI.
+    an earlier page left open closes it, before its rows have rendered (this failed a fresh-clone run).
     """
     ui.open(_run_path(ui_run), "dbt")
     expand_all = ui.page.get_by_role("button", name="Expand all task groups")
