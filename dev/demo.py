@@ -152,7 +152,7 @@ def main() -> int:
         runs = {}
         for spec in specs:
             runs[spec.name] = (start_run(client, spec.name), datetime.now(UTC))
-        print("\n== running (Airbyte sync -> wait in the triggerer -> dbt models with their tests)")
+        print("\n== running (Airbyte sync -> wait (worker, then triggerer) -> dbt models with their tests)")
         finished: dict[str, dict] = {}
         while len(finished) < len(runs):
             line = []

@@ -2,7 +2,9 @@
 
 - a sync already running (HTTP 409) is attached to, not failed;
 - `queued`, `pending` and `incomplete` count as still running;
-- the deferred wait polls at a configurable interval (the provider hard-codes 60 s);
+- the wait watches its job in the worker for its first 30 s, then defers; the deferred wait polls
+  at a configurable interval (the provider hard-codes 60 s), and its trigger fires no sooner than a
+  stale executor event allows (elt.deferral);
 - every HTTP request has an explicit timeout, and every call rides out transient API errors
   (5xx, 429, timeouts, refused connections, an expired token) within one time budget;
 - a submit whose reply was lost attaches to the job it created instead of starting another;
@@ -37,6 +39,8 @@ from airflow.sdk import BaseOperatorLink
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from airflow.triggers.base import TriggerEvent
 
+from elt import deferral
+
 T = TypeVar("T")
 
 ACTIVE = frozenset(
@@ -48,6 +52,8 @@ DEFAULT_BUDGET = timedelta(minutes=10)
 MAX_UNAUTHORIZED = 2
 _TOKEN_ENDPOINT_STATUS = re.compile(r"Unexpected status code (\d{3}) from token endpoint")
 FAILURE_LOG_LINES = 20
+# The wait checks its job this often while it watches in its worker.
+WATCH_INTERVAL_SECONDS = 1.0
 
 
 def _status(value: object) -> JobStatusEnum:
@@ -468,8 +474,9 @@ class AirbyteSyncOperator(AirbyteTriggerSyncOperator):
             AirbyteApi(self.hook(), self.log, budget=min(self.transient_error_budget, 60)).cancel(self.job_id)
 
 
-class AirbyteJobTrigger(AirbyteSyncTrigger):
-    """Polls a job until it ends; rides out transient API errors within a budget; cancels when killed."""
+class AirbyteJobTrigger(deferral.SettledTrigger, AirbyteSyncTrigger):
+    """Polls a job until it ends; rides out transient API errors within a budget; cancels when killed.
+    Its event waits until `not_before` (elt.deferral)."""
 
     def __init__(
         self,
@@ -540,7 +547,10 @@ class AirbyteJobTrigger(AirbyteSyncTrigger):
 
 
 class AirbyteJobWaitSensor(AirbyteJobSensor):
-    """Wait for an Airbyte job in the triggerer (no worker slot held) and publish the stream assets.
+    """Wait for an Airbyte job and publish the stream assets: in the worker for up to
+    `watch_in_worker` seconds (checking every WATCH_INTERVAL_SECONDS), then in the triggerer (no
+    worker slot held). A sync that ends within the window needs no deferral: no resume latency,
+    and no stale executor event to race (elt.deferral).
 
     A retried or cleared wait whose job already failed or was cancelled starts (or attaches to) a
     new sync of `connection_id` and waits on that: clearing `wait` alone re-syncs.
@@ -552,6 +562,7 @@ class AirbyteJobWaitSensor(AirbyteJobSensor):
         self,
         *,
         poll_interval: float = 5,
+        watch_in_worker: float = 30,
         request_timeout: float = 30,
         transient_error_budget: float = DEFAULT_BUDGET.total_seconds(),
         connection_id: str | None = None,
@@ -559,6 +570,7 @@ class AirbyteJobWaitSensor(AirbyteJobSensor):
     ) -> None:
         super().__init__(deferrable=True, **kwargs)
         self.poll_interval = poll_interval
+        self.watch_in_worker = watch_in_worker
         self.request_timeout = request_timeout
         self.transient_error_budget = transient_error_budget
         self.connection_id = connection_id
@@ -593,6 +605,7 @@ class AirbyteJobWaitSensor(AirbyteJobSensor):
             )
             job = api.submit_or_attach(self.connection_id)
         self._remember(api.hook, job.job_id)
+        job = self._watch(api, job)
         status = _status(job.status)
         if status in ACTIVE:
             now = time.time()
@@ -606,6 +619,7 @@ class AirbyteJobWaitSensor(AirbyteJobSensor):
                     poll_interval=self.poll_interval,
                     request_timeout=self.request_timeout,
                     transient_error_budget=self.transient_error_budget,
+                    not_before=deferral.not_before(),
                 ),
                 method_name="execute_complete",
                 # Leave the trigger time to report the timeout itself, so the job gets cancelled.
@@ -616,6 +630,20 @@ class AirbyteJobWaitSensor(AirbyteJobSensor):
         return self._finish(
             api, {"status": status.value, "job_id": job.job_id, "rows_synced": job.rows_synced}
         )
+
+    def _watch(self, api: AirbyteApi, job: JobResponse) -> JobResponse:
+        """The job once it has ended, or as last seen when the window is over."""
+        checks = int(self.watch_in_worker / WATCH_INTERVAL_SECONDS)
+        if checks > 0 and _status(job.status) in ACTIVE:
+            self.log.info(
+                "Watching Airbyte job %s in this worker for up to %g s", job.job_id, self.watch_in_worker
+            )
+        for _ in range(checks):
+            if _status(job.status) not in ACTIVE:
+                break
+            api.sleep(WATCH_INTERVAL_SECONDS)
+            job = api.get_job(int(job.job_id))
+        return job
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> Any:
         return self._finish(self._api(), event or {"status": "error", "message": "no event from the trigger"})

@@ -29,7 +29,8 @@ only then defers (Cosmos's trigger, polling every `poke_interval`, frees the slo
 Deferring at once made each model task report up to a poll interval after dbt had built its model,
 then start again from the trigger's event; and a trigger that fires within a second or two of its
 task deferring can meet the scheduler's stale "success" of the deferral and fail the task
-(apache/airflow#67287, #72716): most model tasks now never defer.
+(apache/airflow#67287, #72716): most model tasks now never defer, and the trigger of one that does
+holds its event until that report has been read (elt.deferral).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowRescheduleException
 from cosmos.operators._watcher.state import is_producer_task_terminated
+from cosmos.operators._watcher.triggerer import WatcherTrigger
 from cosmos.operators.watcher import (
     DbtProducerWatcherOperator,
     DbtRunWatcherOperator,
@@ -49,6 +51,8 @@ from cosmos.operators.watcher import (
     DbtSourceWatcherOperator,
     DbtTestWatcherOperator,
 )
+
+from elt import deferral
 
 # XCom of the producer: the dag run's clear_number its running attempt belongs to.
 CLEAR_NUMBER_KEY = "elt_producer_clear_number"
@@ -111,6 +115,10 @@ class ProducerWatcher(DbtProducerWatcherOperator):
         return super().execute(as_first_try(context) if ti.try_number > 1 else context, **kwargs)
 
 
+class SettledWatcherTrigger(deferral.SettledTrigger, WatcherTrigger):
+    """Cosmos's trigger of a model task, its event held until `not_before` (elt.deferral)."""
+
+
 class _ClearAwareConsumer:
     """Mixed in before a Cosmos consumer class (a model's run or test task)."""
 
@@ -139,6 +147,12 @@ class _ClearAwareConsumer:
         if context["ti"].try_number == 1:
             self.watch_in_worker(context)
         return super().execute(context, **kwargs)  # type: ignore[misc]
+
+    def defer(self, *, trigger: Any, **kwargs: Any) -> None:
+        if type(trigger) is WatcherTrigger:
+            _, trigger_kwargs = trigger.serialize()
+            trigger = SettledWatcherTrigger(**trigger_kwargs, not_before=deferral.not_before())
+        super().defer(trigger=trigger, **kwargs)  # type: ignore[misc]
 
     def wait_for_the_producer_of_this_clear(self, context: Any) -> bool:
         """True once the producer's attempt of this clear has recorded it (it starts beside the

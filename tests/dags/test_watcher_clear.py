@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 from airflow.configuration import conf
-from airflow.sdk.exceptions import AirflowException, AirflowRescheduleException
+from airflow.sdk.exceptions import AirflowException, AirflowRescheduleException, TaskDeferred
 from cosmos.operators._watcher.base import BaseConsumerSensor
+from cosmos.operators._watcher.triggerer import WatcherTrigger
 from cosmos.operators.watcher import DbtProducerWatcherOperator
 
 from elt import watcher
@@ -306,3 +307,26 @@ def test_a_producer_failed_before_the_model_task_started_keeps_cosmos_fallback(
     producer_state["value"] = "failed"
     consumer.execute(context(FakeTI(1, consumer.retries), 0))
     assert fallbacks == [1]
+
+
+@pytest.mark.parametrize("task", ["run", "test"])
+def test_a_model_task_that_defers_holds_its_triggers_event_past_its_exit(tasks, task) -> None:
+    consumer = tasks[task]
+    trigger = WatcherTrigger(
+        model_unique_id=consumer.model_unique_id,
+        producer_task_id=PRODUCER,
+        dag_id="energy_meters",
+        run_id="manual__1",
+        map_index=-1,
+        poke_interval=5,
+    )
+    before = time.time()
+    with pytest.raises(TaskDeferred) as deferred:
+        consumer.defer(trigger=trigger, method_name="execute_complete")
+    held = deferred.value.trigger
+    assert isinstance(held, watcher.SettledWatcherTrigger)
+    path, kwargs = held.serialize()
+    assert path == "elt.watcher.SettledWatcherTrigger"
+    assert {k: v for k, v in kwargs.items() if k != "not_before"} == trigger.serialize()[1]
+    assert before + conf.getint("workers", "min_heartbeat_interval") < held.not_before
+    assert deferred.value.method_name == "execute_complete"

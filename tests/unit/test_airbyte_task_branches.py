@@ -20,10 +20,12 @@ import httpx
 import httpx._transports.default as transports
 import pytest
 from airbyte_api._hooks.clientcredentials import ClientCredentialsHook
+from airflow.configuration import conf
 from airflow.providers.airbyte.hooks import airbyte as hook_module
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
 from elt import airbyte as tasks
+from elt import deferral
 from elt.airbyte import AirbyteApi, AirbyteJobTrigger, AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.spec import PipelineSpec
 
@@ -416,9 +418,50 @@ def test_twenty_503s_on_the_first_poll_then_success(airbyte) -> None:
     assert len(airbyte.sleeps) == 20
 
 
-def test_an_active_job_is_waited_on_in_the_triggerer(airbyte) -> None:
+def test_an_active_job_is_watched_in_the_worker_then_waited_on_in_the_triggerer(airbyte) -> None:
     job = airbyte.add_job("pending")
-    assert deferred_job(wait(job), context()) == job
+    sensor = wait(job, watch_in_worker=5)
+    before = time.time()
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(context())
+    trigger = deferred.value.trigger
+    assert int(trigger.job_id) == job
+    assert airbyte.sleeps == [tasks.WATCH_INTERVAL_SECONDS] * 5
+    assert airbyte.requests.count(("GET", f"/api/public/v1/jobs/{job}")) == 6  # the first look, then 5
+    # The trigger may fire only once the scheduler has read the exit of this deferred try: later
+    # than the supervisor's heartbeat tick, which is when it notices the exit (Airflow's config).
+    tick = conf.getint("workers", "min_heartbeat_interval")
+    assert before + tick < trigger.not_before <= time.time() + deferral.SETTLE_SECONDS
+
+
+def test_a_job_that_ends_while_the_wait_watches_in_the_worker_needs_no_deferral(airbyte, monkeypatch) -> None:
+    job = airbyte.add_job("running")
+
+    def sleep(seconds: float) -> None:
+        airbyte.sleeps.append(seconds)
+        if len(airbyte.sleeps) == 3:
+            airbyte.jobs[job]["status"] = "succeeded"
+
+    monkeypatch.setattr(AirbyteApi, "sleep", staticmethod(sleep))
+    assert wait(job).execute(context()) == {"job_id": job, "rows_synced": 7}
+    assert airbyte.sleeps == [tasks.WATCH_INTERVAL_SECONDS] * 3
+
+
+def test_a_job_that_fails_while_the_wait_watches_fails_the_wait_with_its_reason(airbyte, monkeypatch) -> None:
+    job = airbyte.add_job("running")
+
+    def sleep(seconds: float) -> None:
+        airbyte.jobs[job]["status"] = "failed"
+
+    monkeypatch.setattr(AirbyteApi, "sleep", staticmethod(sleep))
+    with pytest.raises(AirflowFailException, match=f"Airbyte job {job} failed"):
+        wait(job).execute(context())
+
+
+def test_without_a_watch_window_an_active_job_defers_at_once(airbyte) -> None:
+    job = airbyte.add_job("pending")
+    assert deferred_job(wait(job, watch_in_worker=0), context()) == job
+    assert airbyte.sleeps == []
 
 
 def test_a_failed_job_fails_the_first_wait_with_the_reason_from_its_attempts(airbyte) -> None:
@@ -568,9 +611,10 @@ def test_the_trigger_reports_a_timeout(airbyte) -> None:
 
 
 def test_the_trigger_survives_serialization(airbyte) -> None:
-    path, kwargs = trigger(3, transient_error_budget=42).serialize()
+    path, kwargs = trigger(3, transient_error_budget=42, not_before=1234.5).serialize()
     assert path == "elt.airbyte.AirbyteJobTrigger"
     assert kwargs["transient_error_budget"] == 42
+    assert AirbyteJobTrigger(**kwargs).not_before == 1234.5
 
 
 # -- the spec ----------------------------------------------------------------------------------------
