@@ -88,11 +88,11 @@ def sample(
     totals: dict[str, float],
     started: bool,
     stacks: dict[int, str | None] | None = None,
-    by_stack: dict[str, float] | None = None,
+    by_stack: dict[tuple[str, str], float] | None = None,
     homes: set[str] | None = None,
 ) -> None:
     """One pass over /proc: add each process's CPU since the last pass to its kind's total (and,
-    given `stacks`, to its stack's total in `by_stack`)."""
+    given `stacks`, to its (stack, kind) total in `by_stack`)."""
     seen = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -117,8 +117,8 @@ def sample(
         spent = max(0.0, cpu - last[pid])
         totals[kinds[pid]] = totals.get(kinds[pid], 0.0) + spent
         if stacks is not None and by_stack is not None:
-            stack = stacks.get(pid) or "(no stack: pytest, CLI, builds)"
-            by_stack[stack] = by_stack.get(stack, 0.0) + spent
+            key = (stacks.get(pid) or "(no stack: pytest, CLI, builds)", kinds[pid])
+            by_stack[key] = by_stack.get(key, 0.0) + spent
         last[pid] = cpu
         seen.add(pid)
     for pid in set(kinds) - seen:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     last: dict[int, float] = {}
     totals: dict[str, float] = {}
     stacks: dict[int, str | None] | None = {} if args.by_stack else None
-    by_stack: dict[str, float] = {}
+    by_stack: dict[tuple[str, str], float] = {}
     homes: set[str] = set()
     sample(kinds, last, {}, False, stacks, {}, homes)  # what runs already: only its CPU from now on counts
     machine, wall = machine_cpu(), time.monotonic()
@@ -160,10 +160,15 @@ def main(argv: list[str] | None = None) -> int:
         if cpu >= 0.5:
             print(f"  {cpu:8.1f} s  {kind}")
     if args.by_stack:
-        print("by stack (ELT_STACK_HOME):")
-        for stack, cpu in sorted(by_stack.items(), key=lambda item: -item[1]):
+        print("by stack (ELT_STACK_HOME), with its kinds of process (>= 5 s):")
+        stack_totals: dict[str, float] = {}
+        for (stack, _), cpu in by_stack.items():
+            stack_totals[stack] = stack_totals.get(stack, 0.0) + cpu
+        for stack, cpu in sorted(stack_totals.items(), key=lambda item: -item[1]):
             if cpu >= 0.5:
-                print(f"  {cpu:8.1f} s  {stack}")
+                parts = sorted(((k, c) for (s, k), c in by_stack.items() if s == stack), key=lambda i: -i[1])
+                detail = ", ".join(f"{kind} {c:.0f}" for kind, c in parts if c >= 5)
+                print(f"  {cpu:8.1f} s  {stack}" + (f"  ({detail})" if detail else ""))
     return proc.returncode
 
 
