@@ -2,7 +2,7 @@
 
 - a sync already running (HTTP 409) is attached to, not failed;
 - `queued`, `pending` and `incomplete` count as still running;
-- the wait watches its job in the worker for its first 30 s, then defers; the deferred wait polls
+- the wait watches its job in the worker for its first 15 s, then defers; the deferred wait polls
   at a configurable interval (the provider hard-codes 60 s), and its trigger fires no sooner than a
   stale executor event allows (elt.deferral);
 - every HTTP request has an explicit timeout, and every call rides out transient API errors
@@ -52,7 +52,8 @@ DEFAULT_BUDGET = timedelta(minutes=10)
 MAX_UNAUTHORIZED = 2
 _TOKEN_ENDPOINT_STATUS = re.compile(r"Unexpected status code (\d{3}) from token endpoint")
 FAILURE_LOG_LINES = 20
-# The wait checks its job this often while it watches in its worker.
+# The wait watches its job in its worker this long, checking this often, before it defers.
+WATCH_IN_WORKER_SECONDS = 15.0
 WATCH_INTERVAL_SECONDS = 1.0
 
 
@@ -474,9 +475,8 @@ class AirbyteSyncOperator(AirbyteTriggerSyncOperator):
             AirbyteApi(self.hook(), self.log, budget=min(self.transient_error_budget, 60)).cancel(self.job_id)
 
 
-class AirbyteJobTrigger(deferral.SettledTrigger, AirbyteSyncTrigger):
-    """Polls a job until it ends; rides out transient API errors within a budget; cancels when killed.
-    Its event waits until `not_before` (elt.deferral)."""
+class _JobPolling(AirbyteSyncTrigger):
+    """Polls a job until it ends; rides out transient API errors within a budget; cancels when killed."""
 
     def __init__(
         self,
@@ -546,6 +546,10 @@ class AirbyteJobTrigger(deferral.SettledTrigger, AirbyteSyncTrigger):
         await api.acall(f"cancel job {self.job_id}", api.hook.cancel_job, int(self.job_id))
 
 
+class AirbyteJobTrigger(deferral.SettledTrigger, _JobPolling):
+    """The wait's trigger: polls its job, and holds the event until `not_before` (elt.deferral)."""
+
+
 class AirbyteJobWaitSensor(AirbyteJobSensor):
     """Wait for an Airbyte job and publish the stream assets: in the worker for up to
     `watch_in_worker` seconds (checking every WATCH_INTERVAL_SECONDS), then in the triggerer (no
@@ -562,7 +566,7 @@ class AirbyteJobWaitSensor(AirbyteJobSensor):
         self,
         *,
         poll_interval: float = 5,
-        watch_in_worker: float = 30,
+        watch_in_worker: float = WATCH_IN_WORKER_SECONDS,
         request_timeout: float = 30,
         transient_error_budget: float = DEFAULT_BUDGET.total_seconds(),
         connection_id: str | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, TaskGroup
 
 from elt import alerting, paths, render_cache
-from elt.airbyte import AirbyteJobWaitSensor, AirbyteSyncOperator
+from elt.airbyte import WATCH_IN_WORKER_SECONDS, AirbyteJobWaitSensor, AirbyteSyncOperator
 from elt.assets import raw_table_asset
 from elt.dbt import (
     TEMPLATE_MACROS,
@@ -136,8 +136,8 @@ def _airbyte_group(spec: PipelineSpec, connection) -> TaskGroup:
             timeout=airbyte.sync_timeout.total_seconds(),
             execution_timeout=airbyte.sync_timeout,
             outlets=[raw_table_asset(connection.destination_schema, s.name) for s in connection.streams],
-            doc_md="Waits for the Airbyte job (its first 30 s in the worker, then in the triggerer); "
-            "publishes one asset per stream.",
+            doc_md=f"Waits for the Airbyte job (its first {WATCH_IN_WORKER_SECONDS:g} s in the worker, "
+            "then in the triggerer); publishes one asset per stream.",
             **alerting.sync_volume_callbacks(spec, connection),
         )
         sync >> wait
@@ -175,7 +175,7 @@ def doc_md(spec: PipelineSpec) -> str:
 **Owners:** {", ".join(spec.owners)} · **Spec:** `include/pipelines/{spec.name}.yaml` ·
 **dbt selection:** `{(spec.dbt.selector or " ".join(spec.dbt.select)) if spec.dbt else "none"}` · **Alerts:** {", ".join(routes) or "none"}
 
-**Airbyte connections** (synced in parallel; a wait longer than 30 s runs in the triggerer):
+**Airbyte connections** (synced in parallel; a wait longer than {WATCH_IN_WORKER_SECONDS:g} s runs in the triggerer):
 {connections or "none (dbt only)"}
 
 **Schedule and windows.** {window}

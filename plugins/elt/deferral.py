@@ -37,6 +37,14 @@ def not_before() -> float:
 class SettledTrigger:
     """Mixed in before a trigger class: its events wait until `not_before` (epoch seconds)."""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "run" in cls.__dict__:  # it would come before this mixin's run: no hold
+            raise TypeError(
+                f"{cls.__qualname__} defines run(), which bypasses SettledTrigger's hold: "
+                "mix SettledTrigger into a subclass of the trigger class instead"
+            )
+
     def __init__(self, *args: Any, not_before: float = 0.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.not_before = not_before

@@ -610,6 +610,16 @@ def test_the_trigger_reports_a_timeout(airbyte) -> None:
     assert first_event(trigger(job, end_time=time.time() - 1))["status"] == "timeout"
 
 
+def test_the_trigger_holds_its_event_until_not_before(airbyte) -> None:
+    job = airbyte.add_job("succeeded")
+    start = time.time()
+    assert first_event(trigger(job, not_before=start + 0.5))["status"] == "success"
+    assert time.time() >= start + 0.5
+    late = time.time()
+    assert first_event(trigger(job, not_before=late - 60))["status"] == "success"
+    assert time.time() - late < 0.5
+
+
 def test_the_trigger_survives_serialization(airbyte) -> None:
     path, kwargs = trigger(3, transient_error_budget=42, not_before=1234.5).serialize()
     assert path == "elt.airbyte.AirbyteJobTrigger"

@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from airflow.configuration import conf
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -58,6 +59,14 @@ def test_the_hold_survives_serialization() -> None:
     assert path == f"{__name__}.HeldFires"
     assert kwargs == {"payload": {"a": 1}, "not_before": 99.5}
     assert HeldFires(**kwargs).not_before == 99.5
+
+
+def test_a_trigger_that_defines_run_itself_cannot_mix_the_hold_in() -> None:
+    with pytest.raises(TypeError, match="defines run"):
+
+        class Bypassing(deferral.SettledTrigger, Fires):
+            async def run(self) -> AsyncIterator[TriggerEvent]:
+                yield TriggerEvent({})
 
 
 def test_the_hold_outlasts_the_supervisors_exit_tick() -> None:
