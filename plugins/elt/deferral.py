@@ -7,7 +7,8 @@ resumed try is already `running` when the report is read, Airflow 3.3 takes it f
 externally ("finished with state success, but the task instance's state attribute is running")
 and fails the try: a retry (and a retry alert) for nothing, or a failed run and a page where the
 task has no retries. Airflow 3.3 tolerates the report only while the resumed try is `scheduled`;
-the fixes for `running` are open upstream (apache/airflow#71579, #72767).
+the fixes for `running` are open upstream (apache/airflow#71579, #72767): drop the hold once a
+pinned Airflow release has one.
 
 So a trigger here holds its event until `not_before`, SETTLE_SECONDS after the deferral: by then
 the scheduler has read the report while the task was still deferred (which it ignores). A trigger
