@@ -29,19 +29,19 @@ from dev.airflow_client import AirflowClient  # noqa: E402
 
 # The order workers take modules in (make test runs pytest-xdist with --no-loadscope-reorder; xdist's
 # own order is by number of tests), each worker taking the next module it may run as it starts the
-# last test of its current one (pytest_xdist_make_scheduler). The modules that start stacks of their
-# own come first, then those on a worker's shared stack, longest first (`--durations`, make test on 2
-# cores), then those without a stack; the scaffold copy (its own stack, ~5 min) after the two longest
-# on a shared stack: behind it, the backfill module ran last, alone.
+# last test of its current one (pytest_xdist_make_scheduler). The last worker runs the modules that
+# start stacks of their own (OWN_STACK_MODULES); the others run the scaffold copy (its own stack in
+# a copy of the checkout, ~5 min) before their shared stacks start, then the modules on those,
+# longest first (`--durations`, make test on 2 cores); modules without a stack go to whoever is free.
 MODULE_ORDER = [
-    # own stacks
+    # own stacks: the last worker
     "test_alerting_e2e.py",
     "test_stack.py",
+    # the scaffold copy, then the modules on a worker's shared stack (SHARED_STACK_MODULES)
+    "test_scaffold_in_a_copy.py",
     "test_stack_kills.py",
-    # the worker's shared stack (SHARED_STACK_MODULES), and the scaffold copy
     "test_ui_browser.py",
     "test_backfill.py",
-    "test_scaffold_in_a_copy.py",
     "test_pipelines_e2e.py",
     "test_local_airbyte.py",
     "test_airbyte_tasks.py",
@@ -51,9 +51,13 @@ MODULE_ORDER = [
     "test_energy_connector.py",
     "test_meter_api.py",
 ]
+# Modules that start and stop stacks of their own (processes they must own: the stack's life cycle,
+# alert routes and retry settings fixed at start): the last worker runs them, one after the other.
+OWN_STACK_MODULES = {"test_alerting_e2e.py", "test_stack.py"}
 # The modules whose tests use the worker's shared stack (the `stack` or `scratch_warehouse` fixture):
 # pytest_collection_finish checks that it names every module whose tests ask for them.
 SHARED_STACK_MODULES = {
+    "test_stack_kills.py",
     "test_ui_browser.py",
     "test_backfill.py",
     "test_pipelines_e2e.py",
@@ -93,13 +97,14 @@ def shared_stacks(workers: int) -> int:
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadfile`, but a worker gets its next module only once it runs its last test, and
-    only the first `shared_stacks(workers)` workers run modules on a shared stack.
+    each worker has a role: the first `shared_stacks(workers)` run the modules on a shared stack
+    (and the scaffold copy), the last one the modules with stacks of their own.
 
     xdist hands a module over when two tests are left, so a worker running a module of one or two
     tests (the scaffold copy) got two more modules queued behind it, and a long module could end up
     last, alone, while the other workers had nothing left to do. A worker that has a shared stack
-    takes the modules that use it while any are left (so it does not stop and start it again); the
-    others take the first module they may run, and stop when only modules on a shared stack are left.
+    takes the modules that use it while any are left (so it does not stop and start it again); every
+    worker takes the first module its role allows, and stops when none is left.
     """
     if config.getvalue("dist") != "loadfile":
         return None
@@ -116,24 +121,32 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             super()._reschedule(node)
 
         def _assign_work_unit(self, node: Any) -> None:
-            def shared(scope: str) -> bool:
-                return Path(scope.split("::")[0]).name in SHARED_STACK_MODULES
-
+            allowed = [s for s in self.workqueue if may_run(node.gateway.id, len(self.nodes), _module(s))]
             if node in self.stack_nodes:
-                allowed = [s for s in self.workqueue if shared(s)] or list(self.workqueue)
-            elif int(node.gateway.id.removeprefix("gw")) < shared_stacks(len(self.nodes)):
-                allowed = list(self.workqueue)
-            else:
-                allowed = [s for s in self.workqueue if not shared(s)]
-            if not allowed:  # only modules on a shared stack are left: the workers that have one run them
+                allowed = [s for s in allowed if _module(s) in SHARED_STACK_MODULES] or allowed
+            if not allowed:  # what is left is for workers of the other role
                 node.shutdown()  # (a worker runs the last test it was given once told there is no more)
                 return
-            if shared(allowed[0]):
+            if _module(allowed[0]) in SHARED_STACK_MODULES:
                 self.stack_nodes.add(node)
             self.workqueue.move_to_end(allowed[0], last=False)
             super()._assign_work_unit(node)
 
     return ModuleAtATime(config, log)
+
+
+def _module(scope: str) -> str:
+    return Path(scope.split("::")[0]).name
+
+
+def may_run(worker: str, workers: int, module: str) -> bool:
+    """Whether make test's scheduler gives `module` to `worker` (gwN) of `workers`: the workers that
+    start a shared stack run no module with a stack of its own, and the others none on a shared stack."""
+    if workers == 1:
+        return True
+    if int(worker.removeprefix("gw")) < shared_stacks(workers):
+        return module not in OWN_STACK_MODULES
+    return module not in SHARED_STACK_MODULES
 
 
 def read_stack_env(path: Path) -> dict[str, str]:
@@ -240,6 +253,21 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     if _SHARED_STACK.running and nextitem is not None and not _on_the_shared_stack(nextitem):
         _SHARED_STACK.command("down")
     return result
+
+
+def restart_shared_stack() -> None:
+    """`dev.stack up` on this worker's running shared stack, with the settings it was started with:
+    it starts again whatever of it died (for tests that kill one of its services)."""
+    env = _SHARED_STACK.run_env or {**os.environ, **worker_stack_settings()}
+    up = subprocess.run(
+        [sys.executable, "-m", "dev.stack", "up"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert up.returncode == 0, f"dev.stack up:\n{up.stdout[-3000:]}{up.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="session")

@@ -92,7 +92,7 @@ def _no_leftover_faults(request: pytest.FixtureRequest) -> Iterator[None]:
     `pytest_plugins` registers this module for the whole session, so this runs for every test:
     only those that use the shared stack (`stack`) touch it. Asking for `local_airbyte` here made
     every test start its worker's shared stack, even unit tests and modules that run their own
-    (test_stack, test_stack_kills, test_alerting_e2e): an idle stack beside them all along.
+    (test_stack, test_alerting_e2e): an idle stack beside them all along.
     """
     if "stack" not in request.fixturenames:
         yield

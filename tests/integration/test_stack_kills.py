@@ -1,22 +1,20 @@
 """A pipeline run in flight survives SIGKILL of the scheduler, the triggerer or a task runner
 (the `sync` task's; the dbt producer's on request, see its test).
 
-Each scenario kills one process while an energy_meters run is at a known point, lets
-`python -m dev.stack up` restart what died, and checks the run succeeds with one Airbyte sync
-job for its window, no duplicate rows in the raw tables or marts, and no orphan processes.
-Its own stack (STACK_HOME in a temporary directory, ports 56520/18480-18484), so it can run
-beside test_stack.py; the connector syncs only the days the runs need (ENERGY_START/END_DATE).
+Each scenario kills one process of the worker's shared stack while an energy_meters run is at a
+known point, lets `python -m dev.stack up` restart what died (with the settings the stack was
+started with), and checks the run succeeds with one Airbyte sync job for its window, no duplicate
+rows added to the raw tables, none in the marts, and no orphan processes. The stack is whole again
+after each scenario, so the modules after this one on the same stack find it as they would anyway.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+import urllib.parse
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
@@ -26,8 +24,7 @@ import pytest
 
 from dev.airbyte_api import AirbyteAPI
 from dev.airflow_client import AirflowClient
-from tests.conftest import read_stack_env
-from tests.integration import test_stack
+from tests.conftest import restart_shared_stack
 from tests.integration.pipeline_runs import (
     ENERGY_CONNECTION,
     assert_energy_marts_match,
@@ -38,54 +35,30 @@ from tests.integration.test_stack import orphan_pids, service_pids
 
 pytestmark = pytest.mark.stack
 
-PORTS = {
-    "STACK_PG_PORT": "56520",
-    "STACK_AIRFLOW_PORT": "18480",
-    "STACK_AIRBYTE_PORT": "18481",
-    "STACK_METER_PORT": "18482",
-    "STACK_RECEIVERS_HTTP_PORT": "18483",
-    "STACK_RECEIVERS_SMTP_PORT": "18484",
-}
 KILL_DAYS = {
     "scheduler": date(2023, 2, 12),
     "triggerer": date(2023, 2, 13),
     "task-runner": date(2023, 2, 14),
     "dbt-producer": date(2023, 2, 15),
 }
-# Day D's marts need the reading at D+1 00:00 (a reading covers the 15 minutes before it).
-WINDOW = {
-    "ENERGY_START_DATE": str(min(KILL_DAYS.values())),
-    "ENERGY_END_DATE": str(max(KILL_DAYS.values()) + timedelta(days=1)),
-}
 SYNC, WAIT, PRODUCER = "airbyte_energy.sync", "airbyte_energy.wait", "dbt.dbt_producer_watcher"
+RAW_TABLES = ("muid_1", "muid_2")
 T = TypeVar("T")
 
 
-def stack(home: Path, command: str) -> subprocess.CompletedProcess[str]:
-    result = test_stack.runner(home, command, **PORTS, **WINDOW)
-    assert result.returncode == 0, f"{command}:\n{result.stdout}{result.stderr}"
-    return result
+@pytest.fixture(scope="module")
+def home(stack: dict[str, str]) -> Path:
+    return Path(stack["STACK_HOME"])
 
 
 @pytest.fixture(scope="module")
-def home() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="elt-stack-kills-"))
-    path.chmod(0o755)  # Postgres runs as an unprivileged user
-    yield path
-    test_stack.runner(home=path, command="down", **PORTS)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def kill_stack(home: Path) -> dict[str, str]:
-    stack(home, "up")
-    env = {**read_stack_env(home / "stack.env"), **WINDOW}
-    client = AirflowClient.from_env(env)
-    client.wait_for_dags(["energy_meters"], timeout=300)
-    # test_stack.runner turns the job schedule off: unpausing starts no run of the latest interval,
-    # and passing midnight starts none either, so every sync job on this stack is a scenario's.
-    _poll("unpaused", lambda: client.unpause("energy_meters") or True)
-    return env
+def kill_stack(stack: dict[str, str], airflow: AirflowClient) -> dict[str, str]:
+    airflow.wait_for_dags(["energy_meters"], timeout=300)
+    # The test stacks turn the job schedule off (tests/conftest.py): unpausing starts no run of the
+    # latest interval, and passing midnight starts none either, so every sync job while these
+    # scenarios run is theirs.
+    _poll("unpaused", lambda: airflow.unpause("energy_meters") or True)
+    return stack
 
 
 def energy_sync_jobs(env: dict[str, str], after: int = 0) -> list[dict]:
@@ -148,13 +121,21 @@ def _in_flight_sync(env: dict[str, str], client: AirflowClient, run_id: str, bef
     return _poll("the sync task running with its job created", ready, timeout=300)
 
 
-def _start_run(env: dict[str, str], client: AirflowClient, scenario: str) -> tuple[str, int]:
+def _start_run(env: dict[str, str], client: AirflowClient, scenario: str) -> tuple[str, int, dict[str, int]]:
+    """Trigger the scenario's run: (its run id, the last sync job before it, raw_duplicates before it)."""
     local_airbyte(env, "DELETE", "/faults")
+    duplicates = raw_duplicates(env)
     jobs = energy_sync_jobs(env)
     before = jobs[-1]["jobId"] if jobs else 0
     day = KILL_DAYS[scenario]
     logical = datetime.combine(day + timedelta(days=1), datetime.min.time(), tzinfo=UTC)
     run_id = f"kill-{scenario}-{int(time.time())}"
+    # A stack kept from an earlier session (`make up`, KEEP_STACK=1) may hold this window's run.
+    for run in client.get("/api/v2/dags/energy_meters/dagRuns?limit=200")["dag_runs"]:
+        if (run["logical_date"] or "")[:10] == logical.date().isoformat():
+            client.delete(
+                f"/api/v2/dags/energy_meters/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}"
+            )
 
     def triggered() -> str:
         try:
@@ -167,7 +148,21 @@ def _start_run(env: dict[str, str], client: AirflowClient, scenario: str) -> tup
                 raise
         return run_id
 
-    return _poll("run triggered", triggered), before
+    return _poll("run triggered", triggered), before, duplicates
+
+
+def raw_duplicates(env: dict[str, str]) -> dict[str, int]:
+    """Rows of each raw energy table beyond one per reading (timestamp). The scenario's run must
+    add none: the shared stack's earlier modules may have left some (re-syncs of a reset), so the
+    scenarios compare this before and after."""
+    with psycopg.connect(env["WAREHOUSE_URL"]) as conn:
+        return {
+            table: conn.execute(
+                f'select count(*) - count(distinct "timestamp") from raw_energy.{table}'
+            ).fetchone()[0]
+            for table in RAW_TABLES
+            if conn.execute("select to_regclass(%s)", (f"raw_energy.{table}",)).fetchone()[0]
+        }
 
 
 def _drop_submit_reply(env: dict[str, str]) -> None:
@@ -178,7 +173,13 @@ def _drop_submit_reply(env: dict[str, str]) -> None:
 
 
 def assert_survived(
-    home: Path, env: dict[str, str], client: AirflowClient, run_id: str, before: int, day: date
+    home: Path,
+    env: dict[str, str],
+    client: AirflowClient,
+    run_id: str,
+    before: int,
+    day: date,
+    duplicates_before: dict[str, int],
 ) -> dict:
     run = _finished_run(client, run_id)
     tis = {
@@ -189,12 +190,11 @@ def assert_survived(
     assert run["state"] == "success", states
     jobs = energy_sync_jobs(env, before)
     assert [j["status"] for j in jobs] == ["succeeded"], f"one sync for the window, got {jobs}"
+    duplicates = raw_duplicates(env)
+    assert duplicates == {t: duplicates_before.get(t, 0) for t in RAW_TABLES}, (
+        f"before the run: {duplicates_before}"
+    )
     with psycopg.connect(env["WAREHOUSE_URL"]) as conn:
-        for table in ("muid_1", "muid_2"):
-            dup = conn.execute(
-                f'select count(*) - count(distinct "timestamp") from raw_energy.{table}'
-            ).fetchone()[0]
-            assert dup == 0, f"raw_energy.{table}: {dup} duplicate rows"
         for mart, key in (
             ("fct_energy_daily", "reading_date, meter_muid, direction"),
             ("fct_energy_hourly", "hour_start_at, meter_muid, direction"),
@@ -213,37 +213,37 @@ def assert_survived(
 
 def test_run_survives_sigkill_of_the_scheduler(home: Path, kill_stack: dict[str, str]) -> None:
     env, client = kill_stack, AirflowClient.from_env(kill_stack)
-    run_id, before = _start_run(env, client, "scheduler")
+    run_id, before, duplicates = _start_run(env, client, "scheduler")
     _drop_submit_reply(env)
     _in_flight_sync(env, client, run_id, before)
     os.kill(service_pids(home)["airflow-scheduler"], signal.SIGKILL)
-    stack(home, "up")
-    states = assert_survived(home, env, client, run_id, before, KILL_DAYS["scheduler"])
+    restart_shared_stack()
+    states = assert_survived(home, env, client, run_id, before, KILL_DAYS["scheduler"], duplicates)
     assert states[SYNC][1] >= 2, states  # the killed try was retried and reused the job
 
 
 def test_run_survives_sigkill_of_the_triggerer(home: Path, kill_stack: dict[str, str]) -> None:
     env, client = kill_stack, AirflowClient.from_env(kill_stack)
-    run_id, before = _start_run(env, client, "triggerer")
+    run_id, before, duplicates = _start_run(env, client, "triggerer")
     local_airbyte(env, "POST", "/faults/hold-jobs", {"connectionId": ENERGY_CONNECTION})
     try:
         _poll("the wait deferred", lambda: _ti(client, run_id, WAIT)["state"] == "deferred", timeout=300)
         os.kill(service_pids(home)["airflow-triggerer"], signal.SIGKILL)
-        stack(home, "up")
+        restart_shared_stack()
     finally:
         local_airbyte(env, "DELETE", f"/faults/hold-jobs/{ENERGY_CONNECTION}")
-    assert_survived(home, env, client, run_id, before, KILL_DAYS["triggerer"])
+    assert_survived(home, env, client, run_id, before, KILL_DAYS["triggerer"], duplicates)
 
 
 def test_run_survives_sigkill_of_a_task_runner(home: Path, kill_stack: dict[str, str]) -> None:
     env, client = kill_stack, AirflowClient.from_env(kill_stack)
-    run_id, before = _start_run(env, client, "task-runner")
+    run_id, before, duplicates = _start_run(env, client, "task-runner")
     _drop_submit_reply(env)
     ti = _in_flight_sync(env, client, run_id, before)
     pid = _poll("the sync task's process", lambda: task_process(ti["id"]), timeout=30)
     os.kill(pid, signal.SIGKILL)
-    stack(home, "up")
-    states = assert_survived(home, env, client, run_id, before, KILL_DAYS["task-runner"])
+    restart_shared_stack()
+    states = assert_survived(home, env, client, run_id, before, KILL_DAYS["task-runner"], duplicates)
     assert states[SYNC][1] >= 2, states  # the killed try was retried and reused the job
 
 
@@ -254,7 +254,7 @@ def test_run_survives_sigkill_of_a_task_runner(home: Path, kill_stack: dict[str,
 )
 def test_run_survives_sigkill_of_the_dbt_producer(home: Path, kill_stack: dict[str, str]) -> None:
     env, client = kill_stack, AirflowClient.from_env(kill_stack)
-    run_id, before = _start_run(env, client, "dbt-producer")
+    run_id, before, duplicates = _start_run(env, client, "dbt-producer")
 
     def producer_process() -> int | None:
         ti = _ti(client, run_id, PRODUCER)
@@ -262,6 +262,6 @@ def test_run_survives_sigkill_of_the_dbt_producer(home: Path, kill_stack: dict[s
 
     pid = _poll("the dbt producer running", producer_process, timeout=600)
     os.kill(pid, signal.SIGKILL)
-    stack(home, "up")
-    states = assert_survived(home, env, client, run_id, before, KILL_DAYS["dbt-producer"])
+    restart_shared_stack()
+    states = assert_survived(home, env, client, run_id, before, KILL_DAYS["dbt-producer"], duplicates)
     assert states[PRODUCER][0] == "skipped", states  # its retry hands each model to its own task

@@ -12,10 +12,10 @@ from tests import conftest
 MODULES = {
     "tests/integration/test_alerting_e2e.py": 2,
     "tests/integration/test_stack.py": 2,
+    "tests/integration/test_scaffold_in_a_copy.py": 1,
     "tests/integration/test_stack_kills.py": 2,
     "tests/integration/test_ui_browser.py": 2,
     "tests/integration/test_backfill.py": 2,
-    "tests/integration/test_scaffold_in_a_copy.py": 1,
     "tests/integration/test_pipelines_e2e.py": 2,
     "tests/integration/test_local_airbyte.py": 2,
     "tests/integration/test_airbyte_tasks.py": 2,
@@ -95,6 +95,7 @@ def test_the_first_two_of_three_workers_run_every_module_on_a_shared_stack(order
     assert sorted(every) == sorted(m.rsplit("/", 1)[1] for m in MODULES)  # each module once, on one worker
     on_a_shared_stack = {w for w, modules in ran.items() if set(modules) & conftest.SHARED_STACK_MODULES}
     assert on_a_shared_stack == {"gw0", "gw1"}, ran  # gw0's is `.local`: a `make up` stack is reused
+    assert set(ran["gw2"]) >= conftest.OWN_STACK_MODULES, ran  # and the last worker the own stacks
     for worker in on_a_shared_stack:  # its shared modules back to back: its stack starts once
         shared = [m in conftest.SHARED_STACK_MODULES for m in ran[worker]]
         first, last = shared.index(True), len(shared) - 1 - shared[::-1].index(True)
@@ -127,9 +128,23 @@ def test_a_worker_without_a_shared_stack_stops_once_only_modules_on_one_are_left
 def test_a_worker_is_given_its_next_module_at_its_current_modules_last_test() -> None:
     workers = [Worker(f"gw{i}") for i in range(3)]
     scheduler(workers)
-    assert [COLLECTION[i].split("::")[0] for i in workers[0].queue] == [
-        "tests/integration/test_alerting_e2e.py"
-    ] * 2
+    assert [{COLLECTION[i].split("::")[0].rsplit("/", 1)[1] for i in w.queue} for w in workers] == [
+        {"test_scaffold_in_a_copy.py", "test_ui_browser.py"},  # one test: the next is queued behind it
+        {"test_stack_kills.py"},  # the first on gw1's
+        {"test_alerting_e2e.py"},  # the last worker: the own stacks
+    ]
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_only_the_last_worker_runs_modules_with_stacks_of_their_own(n: int) -> None:
+    workers = [Worker(f"gw{i}") for i in range(n)]
+    ran = run_to_the_end(scheduler(workers), workers, list(range(n)))
+    own = {w for w, modules in ran.items() if set(modules) & conftest.OWN_STACK_MODULES}
+    assert own == {f"gw{n - 1}"}, ran
+    assert not set(ran[f"gw{n - 1}"]) & conftest.SHARED_STACK_MODULES, ran
+    assert sorted(m for modules in ran.values() for m in modules) == sorted(
+        m.rsplit("/", 1)[1] for m in MODULES
+    )
 
 
 def test_one_worker_runs_every_module_and_those_on_its_stack_back_to_back() -> None:
@@ -139,9 +154,9 @@ def test_one_worker_runs_every_module_and_those_on_its_stack_back_to_back() -> N
     assert (
         ran
         == [
-            *(n for n in names[:5]),  # the own-stack modules first, then the first ones on the shared stack
-            *(n for n in names[5:] if n in conftest.SHARED_STACK_MODULES),  # then the rest of those
-            *(n for n in names[5:] if n not in conftest.SHARED_STACK_MODULES),  # then the others, in order
+            *(n for n in names[:4]),  # the own stacks, the scaffold copy, the first on the shared stack
+            *(n for n in names[4:] if n in conftest.SHARED_STACK_MODULES),  # then the rest of those
+            *(n for n in names[4:] if n not in conftest.SHARED_STACK_MODULES),  # then the others, in order
         ]
     )
 
