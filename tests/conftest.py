@@ -6,6 +6,7 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -255,19 +256,29 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
     return result
 
 
-def restart_shared_stack() -> None:
+@pytest.fixture(scope="session")
+def restart_stack(stack: dict[str, str]) -> Callable[[], None]:
     """`dev.stack up` on this worker's running shared stack, with the settings it was started with:
-    it starts again whatever of it died (for tests that kill one of its services)."""
-    env = _SHARED_STACK.run_env or {**os.environ, **worker_stack_settings()}
-    up = subprocess.run(
-        [sys.executable, "-m", "dev.stack", "up"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert up.returncode == 0, f"dev.stack up:\n{up.stdout[-3000:]}{up.stderr[-3000:]}"
+    it starts again whatever of it died (for tests that kill one of its services).
+
+    A fixture, not a function to import: pytest loads this file as the module `conftest`, and an
+    import of `tests.conftest` would be a second copy without the settings of the running stack
+    (a scheduler restarted without them ran cron-scheduled runs beside the tests' own).
+    """
+
+    def restart() -> None:
+        env = _SHARED_STACK.run_env or {**os.environ, **worker_stack_settings()}
+        up = subprocess.run(
+            [sys.executable, "-m", "dev.stack", "up"],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert up.returncode == 0, f"dev.stack up:\n{up.stdout[-3000:]}{up.stderr[-3000:]}"
+
+    return restart
 
 
 @pytest.fixture(scope="session")

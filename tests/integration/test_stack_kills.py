@@ -24,7 +24,6 @@ import pytest
 
 from dev.airbyte_api import AirbyteAPI
 from dev.airflow_client import AirflowClient
-from tests.conftest import restart_shared_stack
 from tests.integration.pipeline_runs import (
     ENERGY_CONNECTION,
     assert_energy_marts_match,
@@ -211,38 +210,44 @@ def assert_survived(
     return states
 
 
-def test_run_survives_sigkill_of_the_scheduler(home: Path, kill_stack: dict[str, str]) -> None:
+def test_run_survives_sigkill_of_the_scheduler(
+    home: Path, kill_stack: dict[str, str], restart_stack: Callable[[], None]
+) -> None:
     env, client = kill_stack, AirflowClient.from_env(kill_stack)
     run_id, before, duplicates = _start_run(env, client, "scheduler")
     _drop_submit_reply(env)
     _in_flight_sync(env, client, run_id, before)
     os.kill(service_pids(home)["airflow-scheduler"], signal.SIGKILL)
-    restart_shared_stack()
+    restart_stack()
     states = assert_survived(home, env, client, run_id, before, KILL_DAYS["scheduler"], duplicates)
     assert states[SYNC][1] >= 2, states  # the killed try was retried and reused the job
 
 
-def test_run_survives_sigkill_of_the_triggerer(home: Path, kill_stack: dict[str, str]) -> None:
+def test_run_survives_sigkill_of_the_triggerer(
+    home: Path, kill_stack: dict[str, str], restart_stack: Callable[[], None]
+) -> None:
     env, client = kill_stack, AirflowClient.from_env(kill_stack)
     run_id, before, duplicates = _start_run(env, client, "triggerer")
     local_airbyte(env, "POST", "/faults/hold-jobs", {"connectionId": ENERGY_CONNECTION})
     try:
         _poll("the wait deferred", lambda: _ti(client, run_id, WAIT)["state"] == "deferred", timeout=300)
         os.kill(service_pids(home)["airflow-triggerer"], signal.SIGKILL)
-        restart_shared_stack()
+        restart_stack()
     finally:
         local_airbyte(env, "DELETE", f"/faults/hold-jobs/{ENERGY_CONNECTION}")
     assert_survived(home, env, client, run_id, before, KILL_DAYS["triggerer"], duplicates)
 
 
-def test_run_survives_sigkill_of_a_task_runner(home: Path, kill_stack: dict[str, str]) -> None:
+def test_run_survives_sigkill_of_a_task_runner(
+    home: Path, kill_stack: dict[str, str], restart_stack: Callable[[], None]
+) -> None:
     env, client = kill_stack, AirflowClient.from_env(kill_stack)
     run_id, before, duplicates = _start_run(env, client, "task-runner")
     _drop_submit_reply(env)
     ti = _in_flight_sync(env, client, run_id, before)
     pid = _poll("the sync task's process", lambda: task_process(ti["id"]), timeout=30)
     os.kill(pid, signal.SIGKILL)
-    restart_shared_stack()
+    restart_stack()
     states = assert_survived(home, env, client, run_id, before, KILL_DAYS["task-runner"], duplicates)
     assert states[SYNC][1] >= 2, states  # the killed try was retried and reused the job
 
@@ -252,7 +257,9 @@ def test_run_survives_sigkill_of_a_task_runner(home: Path, kill_stack: dict[str,
 @pytest.mark.skipif(
     os.environ.get("ELT_KILL_DBT_PRODUCER") != "1", reason="slow (2-10 min): set ELT_KILL_DBT_PRODUCER=1"
 )
-def test_run_survives_sigkill_of_the_dbt_producer(home: Path, kill_stack: dict[str, str]) -> None:
+def test_run_survives_sigkill_of_the_dbt_producer(
+    home: Path, kill_stack: dict[str, str], restart_stack: Callable[[], None]
+) -> None:
     env, client = kill_stack, AirflowClient.from_env(kill_stack)
     run_id, before, duplicates = _start_run(env, client, "dbt-producer")
 
@@ -262,6 +269,6 @@ def test_run_survives_sigkill_of_the_dbt_producer(home: Path, kill_stack: dict[s
 
     pid = _poll("the dbt producer running", producer_process, timeout=600)
     os.kill(pid, signal.SIGKILL)
-    restart_shared_stack()
+    restart_stack()
     states = assert_survived(home, env, client, run_id, before, KILL_DAYS["dbt-producer"], duplicates)
     assert states[PRODUCER][0] == "skipped", states  # its retry hands each model to its own task
