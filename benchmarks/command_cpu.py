@@ -15,6 +15,11 @@ This is how make test's CPU was broken down (README, "Testing").
 the stack starts carries, else its parent's stack, else a stack home it works in): what each test
 stack costs from its start to its stop, scenarios, start-up and idle time together. Under
 `make test`, compose-test (its build, engine and containers) counts as no stack.
+
+`--reference` also times a fixed piece of work before and after the command: building Airflow's API
+app (`import airflow.api_fastapi.main`, what every api-server start does), in CPU seconds. The same
+machine has taken 7 to 13 s for it on different days: a command's time is only comparable with
+another's at a similar reference.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -61,6 +67,32 @@ def kind_of(cmdline: str, parent_kind: str | None) -> str:
 def machine_cpu() -> float:
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     return sum(int(v) for v in fields[:3]) / HZ
+
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = "import airflow.api_fastapi.main"
+
+
+def reference_cpu(python: Path = REPO / ".venv" / "bin" / "python") -> float | None:
+    """CPU seconds of REFERENCE in a fresh Airflow home (none if there is no virtualenv yet)."""
+    if not python.exists():
+        return None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__"))}
+    with tempfile.TemporaryDirectory() as home:
+        env.update(AIRFLOW_HOME=home, DO_NOT_TRACK="1", AIRFLOW__CORE__LOAD_EXAMPLES="False")
+        before = os.times()
+        done = subprocess.run([str(python), "-c", REFERENCE], env=env, capture_output=True)
+        after = os.times()
+    if done.returncode != 0:
+        return None
+    return (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
+def print_reference(when: str) -> None:
+    cpu = reference_cpu()
+    print(
+        f"reference ({when}): " + (f"{cpu:.1f} CPU-s for `{REFERENCE}`" if cpu else "no .venv to run it with")
+    )
 
 
 MARKER = b"ELT_STACK_HOME="  # dev/stack/config.py: set on every process a stack starts
@@ -134,6 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--every", type=float, default=0.5, help="seconds between samples (default 0.5)")
     parser.add_argument("--by-stack", action="store_true", help="also sum the CPU by stack (ELT_STACK_HOME)")
+    parser.add_argument(
+        "--reference", action="store_true", help="time a fixed piece of work before and after (machine speed)"
+    )
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -145,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     stacks: dict[int, str | None] | None = {} if args.by_stack else None
     by_stack: dict[tuple[str, str], float] = {}
     homes: set[str] = set()
+    if args.reference:
+        print_reference("before")
     sample(kinds, last, {}, False, stacks, {}, homes)  # what runs already: only its CPU from now on counts
     machine, wall = machine_cpu(), time.monotonic()
     proc = subprocess.Popen(command)
@@ -169,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                 parts = sorted(((k, c) for (s, k), c in by_stack.items() if s == stack), key=lambda i: -i[1])
                 detail = ", ".join(f"{kind} {c:.0f}" for kind, c in parts if c >= 5)
                 print(f"  {cpu:8.1f} s  {stack}" + (f"  ({detail})" if detail else ""))
+    if args.reference:
+        print_reference("after")
     return proc.returncode
 
 

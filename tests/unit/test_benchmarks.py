@@ -81,3 +81,18 @@ def test_help_lists_the_options(path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("usage:"), result.stdout[:500]
+
+
+def test_the_reference_work_is_timed_in_a_fresh_airflow_home(monkeypatch: pytest.MonkeyPatch) -> None:
+    command_cpu = _import("command_cpu")
+    monkeypatch.setenv("AIRFLOW_HOME", "/nonexistent-user-home")
+    monkeypatch.setattr(
+        command_cpu,
+        "REFERENCE",
+        "import os, time\nassert os.environ['AIRFLOW_HOME'] != '/nonexistent-user-home'\n"
+        "end = time.process_time() + 0.2\nwhile time.process_time() < end: pass",
+    )
+    assert 0.2 <= command_cpu.reference_cpu(Path(sys.executable)) < 5
+    assert command_cpu.reference_cpu(REPO / "no-such-venv" / "bin" / "python") is None
+    monkeypatch.setattr(command_cpu, "REFERENCE", "raise SystemExit(3)")
+    assert command_cpu.reference_cpu(Path(sys.executable)) is None
