@@ -26,7 +26,9 @@ if [[ ! -s $TARBALL ]]; then
   command -v debootstrap >/dev/null || { echo "base images: debootstrap missing (apt-get install debootstrap)" >&2; exit 1; }
   mkdir -p "$CACHE"
   rootfs=$(mktemp -d "$CACHE/rootfs.XXXX")
-  trap 'rm -rf "$rootfs"' EXIT
+  # debootstrap mounts /proc inside the rootfs: unmount whatever is mounted under it first (an
+  # interrupted build left it mounted), and never let rm cross into another file system.
+  trap 'awk -v root="$rootfs/" "index(\$2, root) == 1 {print \$2}" /proc/mounts | sort -r | xargs -r -n1 umount -l || true; rm -rf --one-file-system "$rootfs"' EXIT
   echo "base images: debootstrap bookworm from $mirror (about a minute)"
   debootstrap --variant=minbase --include="$PACKAGES" bookworm "$rootfs" "$mirror" >"$CACHE/debootstrap.log" 2>&1 \
     || { echo "debootstrap failed; last lines of $CACHE/debootstrap.log:" >&2; tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
