@@ -89,7 +89,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 def shared_stacks(workers: int) -> int:
     """How many workers start a shared stack (gw0, gw1, ...): all but the last, which runs the
-    modules with stacks of their own and those without one. Each stack costs ~80 CPU-seconds to
+    modules with stacks of their own (OWN_STACK_MODULES). Each stack costs ~80 CPU-seconds to
     start and take its first run (Airflow builds its execution API's versioned routes then) and ~6
     a minute idle, and make test is CPU-bound on 2 cores: a third shared stack cost more than the
     parallelism it gave. gw0 is always one of them: its stack is `.local`, a `make up` stack."""
