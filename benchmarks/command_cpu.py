@@ -18,7 +18,7 @@ stack costs from its start to its stop, scenarios, start-up and idle time togeth
 
 `--reference` also times a fixed piece of work before and after the command: building Airflow's API
 app (`import airflow.api_fastapi.main`, what every api-server start does), in CPU seconds. The same
-machine has taken 7 to 13 s for it on different days: a command's time is only comparable with
+machine has taken 6.9 to 15.4 s for it on one day: a command's time is only comparable with
 another's at a similar reference.
 """
 
@@ -74,25 +74,29 @@ REFERENCE = "import airflow.api_fastapi.main"
 
 
 def reference_cpu(python: Path = REPO / ".venv" / "bin" / "python") -> float | None:
-    """CPU seconds of REFERENCE in a fresh Airflow home (none if there is no virtualenv yet)."""
+    """CPU seconds of REFERENCE in a fresh Airflow home; None if there is no virtualenv yet.
+    Raises RuntimeError, with the end of its output, if the reference work fails."""
     if not python.exists():
         return None
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_", "AIRFLOW__"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_")}
     with tempfile.TemporaryDirectory() as home:
         env.update(AIRFLOW_HOME=home, DO_NOT_TRACK="1", AIRFLOW__CORE__LOAD_EXAMPLES="False")
         before = os.times()
-        done = subprocess.run([str(python), "-c", REFERENCE], env=env, capture_output=True)
+        done = subprocess.run([str(python), "-c", REFERENCE], env=env, capture_output=True, text=True)
         after = os.times()
     if done.returncode != 0:
-        return None
+        raise RuntimeError(f"`{python} -c '{REFERENCE}'` exited {done.returncode}: {done.stderr[-500:]}")
     return (after.children_user - before.children_user) + (after.children_system - before.children_system)
 
 
 def print_reference(when: str) -> None:
-    cpu = reference_cpu()
-    print(
-        f"reference ({when}): " + (f"{cpu:.1f} CPU-s for `{REFERENCE}`" if cpu else "no .venv to run it with")
-    )
+    try:
+        cpu = reference_cpu()
+    except RuntimeError as err:
+        print(f"reference ({when}): not measured, {err}")
+        return
+    found = f"{cpu:.1f} CPU-s for `{REFERENCE}`" if cpu is not None else "no .venv to run it with"
+    print(f"reference ({when}): {found}")
 
 
 MARKER = b"ELT_STACK_HOME="  # dev/stack/config.py: set on every process a stack starts

@@ -94,5 +94,6 @@ def test_the_reference_work_is_timed_in_a_fresh_airflow_home(monkeypatch: pytest
     )
     assert 0.2 <= command_cpu.reference_cpu(Path(sys.executable)) < 5
     assert command_cpu.reference_cpu(REPO / "no-such-venv" / "bin" / "python") is None
-    monkeypatch.setattr(command_cpu, "REFERENCE", "raise SystemExit(3)")
-    assert command_cpu.reference_cpu(Path(sys.executable)) is None
+    monkeypatch.setattr(command_cpu, "REFERENCE", "raise SystemExit('no airflow here')")
+    with pytest.raises(RuntimeError, match="exited 1: no airflow here"):
+        command_cpu.reference_cpu(Path(sys.executable))
