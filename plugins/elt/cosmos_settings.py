@@ -17,13 +17,16 @@ REQUIRED = {
     "AIRFLOW__COSMOS__ENABLE_CACHE_DBT_LS": "False",
 }
 
-# Defaults a deployment may override. Cosmos's "reliable retry" rewrites one Variable holding every
-# XCom the watcher producer has pushed, on every push (several per dbt node): O(nodes²) bytes through
-# the API server on dbt's own thread. Off, the backup is still written once when the producer fails
-# or retries (Cosmos's callbacks); only a producer killed outright loses it, and then each model
-# task falls back to running its own dbt (tests/integration/test_stack_kills.py, ELT_KILL_DBT_PRODUCER).
-DEFAULTS = {
+DEFAULTS = {  # a deployment may override these
+    # Cosmos's "reliable retry" rewrites one Variable holding every XCom the watcher producer has
+    # pushed, on every push (several per dbt node): O(nodes²) bytes through the API server on dbt's
+    # own thread. Off, the backup is still written once when the producer fails or retries (Cosmos's
+    # callbacks); only a producer killed outright loses it, and then each model task falls back to
+    # running its own dbt (tests/integration/test_stack_kills.py, ELT_KILL_DBT_PRODUCER).
     "AIRFLOW__COSMOS__ENABLE_WATCHER_RELIABLE_RETRY": "False",
+    # On Airflow 3 Cosmos builds Airflow 3 asset URIs either way: this only stops it warning, in every
+    # dbt producer's log, that they differ from Airflow 2's (noise for whoever reads a failed run).
+    "AIRFLOW__COSMOS__USE_DATASET_AIRFLOW3_URI_STANDARD": "True",
 }
 
 os.environ.update(REQUIRED)
