@@ -29,7 +29,14 @@ def _run(tmp_path: Path, **env: str) -> dict:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__COSMOS__")}
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT],
-        env={**base, "AIRFLOW_HOME": str(tmp_path), "PYTHONPATH": str(REPO / "plugins"), **env},
+        env={
+            **base,
+            "AIRFLOW_HOME": str(tmp_path),
+            "PYTHONPATH": str(REPO / "plugins"),
+            "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",  # no internet here
+            "DO_NOT_TRACK": "1",
+            **env,
+        },
         capture_output=True,
         text=True,
         timeout=120,
