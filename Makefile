@@ -8,6 +8,12 @@ UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
 VENV := .venv
 AIRBYTE_VENV := .venv-airbyte
 PYTHON := $(VENV)/bin/python
+# The interpreter both virtualenvs are made from: the system's python3.11 where there is one (Debian's
+# is built with PGO and LTO, as are the images' and the official Docker ones), else the first 3.11 uv
+# finds. A plain source build, such as pyenv's default, runs this project's Python ~10-15% slower
+# (benchmarks/interpreter_speed.py), and make test is CPU-bound. `make install PY_INTERPRETER=...`
+# picks another; a virtualenv made from a different interpreter is made again.
+PY_INTERPRETER ?= $(or $(wildcard /usr/bin/python$(PY_VERSION)),$(PY_VERSION))
 # make test's parallel pytest workers: each module that needs a stack waits mostly on Airflow and
 # Airbyte, so more workers than cores (tests/conftest.py gives each worker its own stack).
 TEST_WORKERS ?= 3
@@ -30,13 +36,20 @@ $(TOOLS)/bin/uv:
 # --compile-bytecode: every process (each Airflow service, task runner and dbt run) then loads
 # .pyc files instead of compiling its imports, which it would do every time where
 # PYTHONDONTWRITEBYTECODE is set (as on CI): a stack starts in 34 CPU-s, not 61.
-$(VENV)/.installed: requirements.lock | $(UV)
-	@test -x $(PYTHON) || $(UV) venv --quiet --python $(PY_VERSION) $(VENV)
+# `other-interpreter` when the virtualenv $(1) exists but was made from another interpreter than
+# PY_INTERPRETER (an absolute path): its .installed target then runs again, and makes it anew.
+other_interpreter = $(if $(and $(filter /%,$(PY_INTERPRETER)),$(wildcard $(1)/bin/python)),$(if $(filter $(realpath $(PY_INTERPRETER)),$(realpath $(1)/bin/python)),,other-interpreter))
+make_venv = test -x $(1)/bin/python -a -z "$(call other_interpreter,$(1))" || { rm -rf $(1) && $(UV) venv --quiet --python $(PY_INTERPRETER) $(1); }
+
+.PHONY: other-interpreter
+other-interpreter: ;
+$(VENV)/.installed: requirements.lock $(call other_interpreter,$(VENV)) | $(UV)
+	@$(call make_venv,$(VENV))
 	$(UV) pip install --quiet --compile-bytecode --python $(PYTHON) -r requirements.lock
 	@touch $@
 
-$(AIRBYTE_VENV)/.installed: dev/requirements-airbyte.lock | $(UV)
-	@test -x $(AIRBYTE_VENV)/bin/python || $(UV) venv --quiet --python $(PY_VERSION) $(AIRBYTE_VENV)
+$(AIRBYTE_VENV)/.installed: dev/requirements-airbyte.lock $(call other_interpreter,$(AIRBYTE_VENV)) | $(UV)
+	@$(call make_venv,$(AIRBYTE_VENV))
 	$(UV) pip install --quiet --compile-bytecode --python $(AIRBYTE_VENV)/bin/python -r dev/requirements-airbyte.lock
 	@touch $@
 

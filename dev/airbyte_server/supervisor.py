@@ -243,6 +243,9 @@ class JobSupervisor:
             "PYTHONUNBUFFERED": "1",
             # A connector's venv is installed once and its modules imported by every job.
             "UV_COMPILE_BYTECODE": "1",
+            # ...from the interpreter the local Airbyte runs on (`uv venv` would take the first
+            # python3.11 on PATH, which may be a slower build: the Makefile's PY_INTERPRETER).
+            "UV_PYTHON": os.environ.get("UV_PYTHON") or sys.executable,
         }
         if shutil.which("uv", path=env.get("PATH")) is None:
             env["AIRBYTE_NO_UV"] = "1"
