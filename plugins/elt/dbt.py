@@ -42,6 +42,10 @@ WINDOW_ENV = {
     "DBT_EVENT_TIME_END": "{{ dbt_event_time(dag, dag_run)[1] }}",
 }
 
+# dbt also writes a debug-level log file (~1.3 MB a `dbt build`, ~7% of its CPU) into the project
+# copy Cosmos runs it in and deletes afterwards; the task log keeps dbt's INFO lines.
+NO_DBT_LOG_FILE = {"DBT_LOG_LEVEL_FILE": "none"}
+
 
 def rebuild_range(conf: dict[str, Any] | None) -> tuple[datetime, datetime] | None:
     """The [first day 00:00, day after the last 00:00) UTC a run was asked to rebuild, if any."""
@@ -185,7 +189,7 @@ def dbt_task_group(spec: PipelineSpec, **kwargs: Any) -> DbtTaskGroup:
             dbt_executable_path=dbt_executable(),
         ),
         operator_args={
-            "env": WINDOW_ENV if spec.windowed else {},
+            "env": {**NO_DBT_LOG_FILE, **(WINDOW_ENV if spec.windowed else {})},
             "install_deps": False,
             # Runs of one pipeline (a backfill, or a backfill beside the daily run) each rebuild
             # their own window, but re-create the same views and tables: one dbt invocation per
@@ -284,6 +288,7 @@ def source_freshness_task(spec: PipelineSpec) -> SourceFreshnessOperator:
         exclude=" ".join(spec.dbt.exclude) or None,
         invocation_mode=InvocationMode.DBT_RUNNER,
         install_deps=False,
+        env=NO_DBT_LOG_FILE,
         # dbt's partial parse kept between runs, as Cosmos keeps it for a DbtTaskGroup's tasks; a
         # standalone operator gets no cache dir from Cosmos and fully re-parsed the project every run.
         cache_dir=freshness_cache_dir(spec.name),

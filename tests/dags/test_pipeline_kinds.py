@@ -47,3 +47,13 @@ def test_airbyte_only_pipeline_and_paused_false(tmp_path: Path) -> None:
 
 def test_new_dags_start_paused_by_default(tmp_path: Path) -> None:
     assert build(tmp_path, "energy_meters").is_paused_upon_creation is None  # Airflow's default: paused
+
+
+def test_every_task_that_runs_dbt_runs_it_without_its_debug_log_file(tmp_path: Path) -> None:
+    """dbt's debug log file lands in the project copy Cosmos deletes after the run: not written."""
+    from cosmos.operators.local import DbtLocalBaseOperator
+
+    dag = build(tmp_path, "energy_meters")
+    runs_dbt = {t.task_id: t for t in dag.tasks if isinstance(t, DbtLocalBaseOperator)}
+    assert {"source_freshness", "dbt.dbt_producer_watcher", "dbt.fct_energy_daily.run"} <= set(runs_dbt)
+    assert {task_id for task_id, t in runs_dbt.items() if t.env.get("DBT_LOG_LEVEL_FILE") != "none"} == set()
