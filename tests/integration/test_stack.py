@@ -204,11 +204,12 @@ SERVICES = (
 
 
 # Services killed together in one round: none needs another of its round to start, so each restarts
-# as if it alone had died. Postgres goes alone: the Airflow components restart with it.
+# as if it alone had died. `up` restarts the Airflow components that outlived a killed Postgres
+# (the scheduler and triggerer here) with it: the round that kills Postgres also kills the other
+# Airflow components, whose restart it includes anyway (one restart of the api-server, not two).
 KILL_ROUNDS = (
     ("airflow-scheduler", "airflow-triggerer", "airbyte", "meter-api"),
-    ("airflow-dag-processor", "airflow-api-server", "alert-receivers"),
-    ("postgres",),
+    ("postgres", "airflow-dag-processor", "airflow-api-server", "alert-receivers"),
 )
 
 
