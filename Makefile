@@ -10,7 +10,7 @@ AIRBYTE_VENV := .venv-airbyte
 PYTHON := $(VENV)/bin/python
 # The interpreter both virtualenvs are made from: the system's python3.11 where there is one (Debian's
 # is built with PGO and LTO, as are the images' and the official Docker ones), else the first 3.11 uv
-# finds. A plain source build, such as pyenv's default, runs this project's Python ~10-15% slower
+# finds. A plain source build, such as pyenv's default, costs ~20% more CPU for the same Python work
 # (benchmarks/interpreter_speed.py), and make test is CPU-bound. `make install PY_INTERPRETER=...`
 # picks another; a virtualenv made from a different interpreter is made again.
 PY_INTERPRETER ?= $(or $(wildcard /usr/bin/python$(PY_VERSION)),$(PY_VERSION))
