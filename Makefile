@@ -37,8 +37,10 @@ $(TOOLS)/bin/uv:
 # .pyc files instead of compiling its imports, which it would do every time where
 # PYTHONDONTWRITEBYTECODE is set (as on CI): a stack starts in 34 CPU-s, not 61.
 # `other-interpreter` when the virtualenv $(1) exists but was made from another interpreter than
-# PY_INTERPRETER (an absolute path): its .installed target then runs again, and makes it anew.
-other_interpreter = $(if $(and $(filter /%,$(PY_INTERPRETER)),$(wildcard $(1)/bin/python)),$(if $(filter $(realpath $(PY_INTERPRETER)),$(realpath $(1)/bin/python)),,other-interpreter))
+# PY_INTERPRETER (a path to one that exists): its .installed target then runs again, and makes it
+# anew. A PY_INTERPRETER that names no file leaves an existing virtualenv alone (uv names it if
+# there is none to keep).
+other_interpreter = $(if $(and $(realpath $(PY_INTERPRETER)),$(wildcard $(1)/bin/python)),$(if $(filter $(realpath $(PY_INTERPRETER)),$(realpath $(1)/bin/python)),,other-interpreter))
 make_venv = test -x $(1)/bin/python -a -z "$(call other_interpreter,$(1))" || { rm -rf $(1) && $(UV) venv --quiet --python $(PY_INTERPRETER) $(1); }
 
 .PHONY: other-interpreter

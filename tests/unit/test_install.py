@@ -90,3 +90,9 @@ def test_a_venv_made_from_the_chosen_interpreter_is_kept(tmp_path: Path) -> None
     assert (
         make_dry_run(tmp_path, interpreter, interpreter).strip() == "make: '.venv/.installed' is up to date."
     )
+
+
+def test_an_interpreter_that_does_not_exist_leaves_the_venv_alone(tmp_path: Path) -> None:
+    interpreter = Path(sys.executable).resolve()
+    out = make_dry_run(tmp_path, interpreter, tmp_path / "no-such-python3.11")
+    assert out.strip() == "make: '.venv/.installed' is up to date."
