@@ -20,8 +20,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from airflow.providers.airbyte.hooks.airbyte import AirbyteHook
 
 from dev.stack.procs import is_alive
+from elt.airbyte import list_jobs
 
 REPO = Path(__file__).resolve().parents[2]
 ECOMMERCE = "c19e6614-68eb-489d-94b1-58e56dfa934e"
@@ -83,6 +85,26 @@ def local_airbyte(stack: dict[str, str]) -> LocalAirbyte:
         warehouse_url=stack["WAREHOUSE_URL"],
         server=StackServer(Path(stack["STACK_HOME"])),
     )
+
+
+def cancel_unfinished_jobs(hook: AirbyteHook) -> list[int]:
+    """Cancel the pending and running syncs of the stack's connections; return their ids."""
+    cancelled = []
+    for connection_id in (ECOMMERCE, ENERGY):
+        for job in list_jobs(hook, connection_id, limit=20):
+            if job.status.value in ("pending", "running"):
+                hook.cancel_job(job.job_id)
+                cancelled.append(job.job_id)
+    return cancelled
+
+
+@pytest.fixture
+def no_job_left_running(local_airbyte: LocalAirbyte) -> Iterator[None]:
+    """After the test, cancel the syncs it left pending or running. A test that fails mid-sync
+    would otherwise leave its connection busy, and the next tests' submits would get HTTP 409."""
+    yield
+    if cancelled := cancel_unfinished_jobs(AirbyteHook("airbyte_default", timeout=30)):
+        print(f"cancelled jobs left pending or running: {cancelled}")
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from airflow.providers.airbyte.hooks.airbyte import AirbyteHook
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, TaskDeferred
 
 from elt.airbyte import AirbyteJobTrigger, AirbyteJobWaitSensor, AirbyteSyncOperator, list_jobs
-from tests.integration.conftest_airbyte import StackServer
+from tests.integration.conftest_airbyte import StackServer, cancel_unfinished_jobs
 from tests.integration.pipeline_runs import ECOMMERCE_CONNECTION, local_airbyte
 
 pytestmark = pytest.mark.stack
@@ -27,9 +27,7 @@ def airbyte(stack):
     hook = AirbyteHook("airbyte_default", timeout=30)
     yield hook
     local_airbyte(stack, "DELETE", "/faults")
-    for job in list_jobs(hook, ECOMMERCE_CONNECTION, limit=20):
-        if job.status.value in ("pending", "running"):
-            hook.cancel_job(job.job_id)
+    cancel_unfinished_jobs(hook)
 
 
 def context(try_number: int = 1, started: datetime | None = None, run_type: str = "manual") -> dict:

@@ -18,8 +18,9 @@ from airflow.providers.common.compat.sdk import AirflowException
 if TYPE_CHECKING:
     from conftest_airbyte import LocalAirbyte
 
-# Fixtures (local_airbyte, fault reset) live in conftest_airbyte.py, next to this file.
+# Fixtures (local_airbyte, fault reset, job cleanup) live in conftest_airbyte.py, next to this file.
 pytest_plugins = ["conftest_airbyte"]
+pytestmark = pytest.mark.usefixtures("no_job_left_running")
 
 ECOMMERCE = "c19e6614-68eb-489d-94b1-58e56dfa934e"
 ENERGY = "4d2f7268-e2ac-4fa7-a3a6-97286f22d617"
@@ -54,7 +55,10 @@ def wait_status(hook: AirbyteHook, job_id: int, wanted: set[str], timeout: float
     raise AssertionError(f"job {job_id} not in {wanted} after {timeout}s (last: {status})")
 
 
-def wait_for_pid(local_airbyte: LocalAirbyte, job_id: int, timeout: float = 30) -> int:
+def wait_for_pid(local_airbyte: LocalAirbyte, job_id: int, timeout: float = 120) -> int:
+    """The pid of the job's worker process. After a restart of the server (the test before the crash
+    tests restarts it), a job waits until the warm worker has imported PyAirbyte: 10-40 s, more on
+    a loaded machine."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pid := local_airbyte.local("GET", f"/jobs/{job_id}")["pid"]:
