@@ -195,10 +195,10 @@ def stack_env(ports: Ports, pg: Postgres, secret: dict[str, str]) -> dict[str, s
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "20",
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "60",
         # A task whose runner died (killed, or left by a dead scheduler and cleaned up by `up`) is
-        # failed or reset, then retried, within a minute instead of after Airflow's 300 s each: a
-        # dead scheduler's tasks are reset at the first orphan check after its heartbeat is 30 s
-        # old ([scheduler] scheduler_health_check_threshold), and a restarted scheduler makes its
-        # first check at start, too soon; checking every 10 s (one query) resets them 10-20 s sooner.
+        # failed or reset, then retried, within a minute instead of after Airflow's 300 s each. A
+        # dead scheduler's tasks are reset by the first orphan check after its heartbeat is 30 s old
+        # ([scheduler] scheduler_health_check_threshold); a restarted scheduler's check at start is
+        # too soon, so a check every 10 s (an UPDATE and a SELECT) resets them 10-20 s sooner.
         # docker-compose.yaml keeps production-like values (60 s and 300 s, settable in .env).
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
         "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "10",
